@@ -1,0 +1,80 @@
+"""The `alcove` command: run | dev | generate-registration | doctor. Exit codes: 0 ok,
+1 Alcove could not start or a check failed, 2 bad config or usage."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from .config import load_config
+from .errors import AlcoveError, ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alcove", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the appservice")
+    run.add_argument("-c", "--config", default="config.yaml")
+    gen = sub.add_parser("generate-registration", help="write registration.yaml files for Synapse")
+    gen.add_argument("-c", "--config", default="config.yaml")
+    gen.add_argument("--force", action="store_true", help="replace existing registration files")
+    doc = sub.add_parser("doctor", help="check the homeserver, tokens, ping and admin flag")
+    doc.add_argument("-c", "--config", default="config.yaml")
+    dev = sub.add_parser("dev", help="throwaway Synapse + Alcove on 127.0.0.1 with SQLite")
+    dev.add_argument("--state-dir", default=".alcove-dev", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as e:
+        print(f"Config error: {e}", file=sys.stderr)
+        return 2
+    except AlcoveError as e:
+        print(f"Alcove cannot start: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from .logsetup import setup_logging
+
+    if args.command == "generate-registration":
+        from .registration import write_registrations
+
+        config = load_config(args.config, need_tokens=False)
+        written = write_registrations(config, force=args.force)
+        print(f"Wrote {written.registration} and {written.doublepuppet}.")
+        print("Add both to app_service_config_files in homeserver.yaml and restart Synapse.")
+        return 0
+    if args.command == "doctor":
+        from .doctor import render, run_doctor
+
+        config = load_config(args.config)
+        checks = asyncio.run(run_doctor(config))
+        print(render(checks))
+        return 0 if all(c.ok for c in checks) else 1
+    if args.command == "run":
+        from .app import run_until_signalled
+
+        config = load_config(args.config)
+        setup_logging(config.logging)
+        asyncio.run(run_until_signalled(config))
+        return 0
+    if args.command == "dev":
+        from .config import LoggingConfig
+        from .devstack import run_dev
+
+        setup_logging(LoggingConfig(level="INFO", file=args.state_dir / "alcove.log"))
+        asyncio.run(run_dev(args.state_dir))
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

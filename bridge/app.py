@@ -1,0 +1,156 @@
+"""The composition root: the one place where real collaborators are built and wired."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import aiohttp
+from aiohttp import web
+from mautrix.util.async_db import Database
+
+from bots.bot import Bot
+
+from .clock import Clock, SystemClock
+from .config import Config
+from .db.database import open_database, redact_url
+from .db.inbox_repo import InboxRepo
+from .db.outbox_repo import DeviceRepo, OutboxRepo
+from .dispatch import Dispatcher
+from .errors import StartupError
+from .inbox import Inbox
+from .matrix.mautrix_gateway import MautrixGateway
+from .matrix.outbox import Outbox
+from .metrics import Metrics
+from .registration import read_doublepuppet_token
+from .startup import run_startup
+from .web.server import READY, build_web_app
+from .web.transactions import TransactionEndpoint
+
+log = logging.getLogger("alcove.app")
+
+HOUSEKEEPING_SECONDS = 3600.0
+
+
+class Alcove:
+    """One running Alcove. ``start`` brings it to ready; ``stop`` shuts it down gracefully."""
+
+    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.metrics = Metrics()
+        self.db: Database | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self.runner: web.AppRunner | None = None
+        self.web: web.Application | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        log.info("Opening database %s", redact_url(cfg.database.url))
+        self.db = await open_database(cfg.database)
+        self.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=60, connect=10),
+            connector=aiohttp.TCPConnector(limit=100, ssl=None if cfg.homeserver.verify_ssl else False),
+        )
+        self.gateway = MautrixGateway(
+            self.session,
+            cfg.homeserver.address,
+            cfg.appservice.as_token,
+            cfg.bot_user_id,
+            self.metrics,
+            doublepuppet_token=read_doublepuppet_token(cfg.appservice.doublepuppet_registration),
+            client_namespace_prefix=f"@{cfg.appservice.client_prefix}",
+        )
+        self.outbox = Outbox(
+            OutboxRepo(self.db), DeviceRepo(self.db), self.gateway, self.clock, self.metrics
+        )
+        self.bot = Bot(cfg, self.gateway, self.outbox)
+        self.dispatcher = Dispatcher(cfg.bot_user_id, self.bot, f"@{cfg.appservice.client_prefix}")
+        self.inbox = Inbox(
+            InboxRepo(self.db), self.dispatcher.handle, self.clock, self.metrics, cfg.inbox
+        )
+        endpoint = TransactionEndpoint(cfg.appservice.hs_token, self.inbox, self.metrics)
+        self.web = build_web_app(
+            endpoint, self.metrics, self.refresh_metrics, cfg.appservice.max_body_size_mib
+        )
+        # The web server comes up first: Synapse's ping during start-up calls us back, and
+        # transactions that arrive meanwhile are persisted (processing starts once ready).
+        self.runner = web.AppRunner(self.web, handle_signals=False, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, cfg.appservice.hostname, cfg.appservice.port)
+        try:
+            await site.start()
+        except OSError as e:
+            raise StartupError(
+                f"Cannot listen on {cfg.appservice.hostname}:{cfg.appservice.port} ({e}): is "
+                "another Alcove running, or is appservice.port taken?"
+            ) from None
+        log.info("Listening on %s:%d", cfg.appservice.hostname, cfg.appservice.port)
+        self.web[READY]["reason"] = "checking the homeserver"
+        await run_startup(self.gateway, cfg, self.clock)
+        await self.outbox.start()
+        await self.inbox.start()
+        self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
+        self.web[READY].update(ready=True, reason="")
+        self.metrics.ready.set(1)
+        log.info("Alcove is ready as %s", cfg.bot_user_id)
+
+    async def refresh_metrics(self) -> None:
+        await self.inbox.refresh_metrics()
+        await self.outbox.refresh_metrics()
+
+    async def _housekeep(self) -> None:
+        while True:
+            try:
+                await self.inbox.prune()
+            except Exception:
+                log.exception("Housekeeping failed; will try again")
+            await self.clock.sleep(HOUSEKEEPING_SECONDS)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking transactions, let in-flight work finish (up to ``timeout``), close.
+        Anything unfinished stays in the database and is resumed at the next start."""
+        log.info("Shutting down")
+        if self.web is not None and READY in self.web:
+            self.web[READY].update(ready=False, reason="shutting down")
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            await asyncio.gather(self._housekeeping, return_exceptions=True)
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if hasattr(self, "inbox"):
+            await self.inbox.stop(timeout)
+        if hasattr(self, "outbox"):
+            await self.outbox.stop(timeout)
+        if self.session is not None:
+            await self.session.close()
+        if self.db is not None:
+            await self.db.stop()
+
+
+async def run_until_signalled(config: Config) -> None:
+    alcove = Alcove(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        starting = asyncio.create_task(alcove.start())
+        waiting = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({starting, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        if starting in done:
+            try:
+                starting.result()  # raises StartupError
+            except BaseException:
+                waiting.cancel()
+                raise
+            await waiting
+        else:
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+    finally:
+        await alcove.stop()

@@ -1,0 +1,436 @@
+"""Alcove's configuration: read once with ruamel.yaml into frozen, typed objects.
+
+The operator's file is never written. Every error names the key (``staff[2].role``) and what
+is expected; unknown keys are warned about; values left over from config.example.yaml are
+refused. Environment variables override keys for containers: ``ALCOVE__DATABASE__URL`` sets
+``database.url`` and ``ALCOVE__STAFF__0__ROLE`` sets ``staff[0].role``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from .errors import ConfigError
+
+log = logging.getLogger("alcove.config")
+
+ENV_PREFIX = "ALCOVE__"
+ROLES = ("therapist", "care", "admin")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+FROM_REGISTRATION = "from-registration"
+# Values that only make sense in the example file. RFC 2606 reserves example.* for documentation.
+_PLACEHOLDER = re.compile(r"CHANGE_?ME|(^|[.:@])example\.(org|com|net)$", re.IGNORECASE)
+_USER_ID = re.compile(r"^@[a-z0-9._=\-/+]+:[A-Za-z0-9.\-]+(:\d+)?$")
+_LOCALPART = re.compile(r"^[a-z0-9._=\-/]+$")
+
+
+@dataclass(frozen=True)
+class HomeserverConfig:
+    address: str
+    domain: str
+    verify_ssl: bool = True
+    startup_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class AppserviceConfig:
+    id: str
+    address: str
+    hostname: str
+    port: int
+    bot_localpart: str
+    bot_displayname: str
+    client_prefix: str
+    as_token: str
+    hs_token: str
+    registration: Path
+    doublepuppet_registration: Path
+    max_body_size_mib: int = 64
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str
+    min_size: int = 1
+    max_size: int = 10
+
+
+@dataclass(frozen=True)
+class PracticeConfig:
+    name: str
+    timezone: ZoneInfo
+    welcome: str
+
+
+@dataclass(frozen=True)
+class StaffMember:
+    user_id: str
+    displayname: str
+    role: str
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "INFO"
+    file: Path | None = None
+
+
+@dataclass(frozen=True)
+class InboxConfig:
+    max_attempts: int = 5
+    retry_base_seconds: float = 1.0
+    concurrency: int = 32
+    keep_done_hours: float = 24.0
+
+
+@dataclass(frozen=True)
+class Config:
+    homeserver: HomeserverConfig
+    appservice: AppserviceConfig
+    database: DatabaseConfig
+    practice: PracticeConfig
+    staff: tuple[StaffMember, ...]
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    inbox: InboxConfig = field(default_factory=InboxConfig)
+    path: Path | None = None
+
+    @property
+    def bot_user_id(self) -> str:
+        return f"@{self.appservice.bot_localpart}:{self.homeserver.domain}"
+
+    def staff_member(self, user_id: str) -> StaffMember | None:
+        for member in self.staff:
+            if member.user_id == user_id:
+                return member
+        return None
+
+
+# --------------------------------------------------------------------------- reading helpers
+
+T = TypeVar("T")
+
+
+class _Section:
+    """A mapping that remembers its path, so every error can name the key."""
+
+    def __init__(self, data: Any, path: str) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(path, f"must be a mapping, got {type(data).__name__}")
+        self.data = data
+        self.path = path
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def raw(self, name: str, default: Any = ...) -> Any:
+        self.seen.add(name)
+        if name not in self.data or self.data[name] is None:
+            if default is ...:
+                raise ConfigError(self.key(name), "is required")
+            return default
+        return self.data[name]
+
+    def str(self, name: str, default: Any = ..., *, placeholder_ok: bool = False) -> str:
+        value = self.raw(name, default)
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ConfigError(self.key(name), f"must be a string, got {type(value).__name__}")
+        text = str(value).strip()
+        if not text and default is ...:
+            raise ConfigError(self.key(name), "must not be empty")
+        if not placeholder_ok and _PLACEHOLDER.search(text):
+            raise ConfigError(
+                self.key(name),
+                f"still has the example value {text!r}: replace it with your own",
+            )
+        return text
+
+    def int(self, name: str, default: Any = ..., *, low: int = 0, high: int = 2**31) -> int:
+        value = self.raw(name, default)
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(self.key(name), f"must be a whole number, got {value!r}")
+        if not low <= value <= high:
+            raise ConfigError(self.key(name), f"must be between {low} and {high}, got {value}")
+        return value
+
+    def float(self, name: str, default: Any = ..., *, low: float = 0.0) -> float:
+        value = self.raw(name, default)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(self.key(name), f"must be a number, got {value!r}") from None
+        if number < low:
+            raise ConfigError(self.key(name), f"must be at least {low}, got {number}")
+        return number
+
+    def bool(self, name: str, default: Any = ...) -> bool:
+        value = self.raw(name, default)
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+            return value.lower() in ("true", "yes")
+        if not isinstance(value, bool):
+            raise ConfigError(self.key(name), f"must be true or false, got {value!r}")
+        return value
+
+    def choice(self, name: str, choices: tuple[str, ...], default: Any = ...) -> str:
+        value = self.str(name, default)
+        if value not in choices:
+            raise ConfigError(self.key(name), f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def section(self, name: str, required: bool = True) -> _Section:
+        return _Section(self.raw(name, ... if required else {}), self.key(name))
+
+    def warn_unknown(self) -> None:
+        for name in self.data:
+            if name not in self.seen:
+                log.warning("Unknown config key %s is ignored (typo?)", self.key(str(name)))
+
+
+def _read(section: _Section, build: Callable[[_Section], T]) -> T:
+    result = build(section)
+    section.warn_unknown()
+    return result
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _homeserver(s: _Section) -> HomeserverConfig:
+    address = _url(s, "address")
+    domain = s.str("domain")
+    if "/" in domain or " " in domain:
+        raise ConfigError(s.key("domain"), f"must be a server name like matrix.clinic.org, got {domain!r}")
+    return HomeserverConfig(
+        address=address,
+        domain=domain,
+        verify_ssl=s.bool("verify_ssl", True),
+        startup_timeout=s.float("startup_timeout", 60.0),
+    )
+
+
+def _url(s: _Section, name: str) -> str:
+    value = s.str(name).rstrip("/")
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(s.key(name), f"must be an http(s):// URL, got {value!r}")
+    return value
+
+
+def _appservice(s: _Section, base: Path, need_tokens: bool) -> AppserviceConfig:
+    bot_localpart = s.str("bot_localpart", "alcove")
+    if not _LOCALPART.match(bot_localpart):
+        raise ConfigError(s.key("bot_localpart"), "may only use a-z, 0-9 and ._=-/")
+    prefix = s.str("client_prefix", "c-")
+    if not _LOCALPART.match(prefix):
+        raise ConfigError(s.key("client_prefix"), "may only use a-z, 0-9 and ._=-/")
+    if bot_localpart.startswith(prefix):
+        raise ConfigError(s.key("bot_localpart"), f"must not start with client_prefix {prefix!r}")
+    registration = base / s.str("registration", "registration.yaml")
+    doublepuppet = base / s.str("doublepuppet_registration", "doublepuppet-registration.yaml")
+    as_token = s.str("as_token", FROM_REGISTRATION)
+    hs_token = s.str("hs_token", FROM_REGISTRATION)
+    if FROM_REGISTRATION in (as_token, hs_token):
+        if need_tokens or registration.exists():
+            tokens = _tokens_from_registration(registration, s.key("registration"))
+        else:
+            tokens = ("", "")  # generate-registration is about to write them
+        if as_token == FROM_REGISTRATION:
+            as_token = tokens[0]
+        if hs_token == FROM_REGISTRATION:
+            hs_token = tokens[1]
+    return AppserviceConfig(
+        id=s.str("id", "alcove"),
+        address=_url(s, "address"),
+        hostname=s.str("hostname", "127.0.0.1"),
+        port=s.int("port", 29340, low=1, high=65535),
+        bot_localpart=bot_localpart,
+        bot_displayname=s.str("bot_displayname", "Alcove"),
+        client_prefix=prefix,
+        as_token=as_token,
+        hs_token=hs_token,
+        registration=registration,
+        doublepuppet_registration=doublepuppet,
+        max_body_size_mib=s.int("max_body_size_mib", 64, low=10, high=1024),
+    )
+
+
+def _tokens_from_registration(path: Path, key: str) -> tuple[str, str]:
+    if not path.exists():
+        raise ConfigError(
+            key,
+            f"{path} does not exist: run `alcove generate-registration -c <config>` first "
+            "(or set appservice.as_token and appservice.hs_token)",
+        )
+    try:
+        data = YAML(typ="safe").load(path.read_text())
+        return str(data["as_token"]), str(data["hs_token"])
+    except (YAMLError, KeyError, TypeError) as e:
+        raise ConfigError(key, f"{path} is not a valid registration file ({e})") from None
+
+
+def _database(s: _Section, base: Path) -> DatabaseConfig:
+    url = s.str("url", "sqlite:alcove.db")
+    scheme = url.split(":", 1)[0]
+    if scheme in ("sqlite", "sqlite3"):
+        path = url.split(":", 1)[1].removeprefix("//")
+        if not path:
+            raise ConfigError(s.key("url"), "sqlite URL needs a file: sqlite:alcove.db")
+        if not path.startswith("/"):
+            url = f"sqlite:{(base / path).resolve()}"
+    elif scheme not in ("postgres", "postgresql"):
+        raise ConfigError(
+            s.key("url"),
+            f"must start with sqlite: or postgres://, got {scheme!r}",
+        )
+    return DatabaseConfig(
+        url=url,
+        min_size=s.int("min_size", 1, low=1, high=100),
+        max_size=s.int("max_size", 10, low=1, high=100),
+    )
+
+
+def _practice(s: _Section) -> PracticeConfig:
+    tz_name = s.str("timezone", "UTC")
+    try:
+        tz = ZoneInfo(tz_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            s.key("timezone"), f"unknown time zone {tz_name!r}; use an IANA name like Europe/London"
+        ) from None
+    return PracticeConfig(
+        name=s.str("name"),
+        timezone=tz,
+        welcome=s.str(
+            "welcome",
+            "Hello {client_first_name}, this is your private conversation with "
+            "{therapist_name} at {practice_name}.",
+        ),
+    )
+
+
+def _staff(data: Any, domain: str) -> tuple[StaffMember, ...]:
+    if data is None:
+        return ()
+    if not isinstance(data, list):
+        raise ConfigError("staff", "must be a list of {user_id, displayname, role}")
+    members: list[StaffMember] = []
+    seen: set[str] = set()
+    for index, item in enumerate(data):
+        s = _Section(item, f"staff[{index}]")
+        user_id = s.str("user_id")
+        if not _USER_ID.match(user_id):
+            raise ConfigError(s.key("user_id"), f"must be a Matrix ID like @name:{domain}")
+        if user_id.split(":", 1)[1] != domain:
+            raise ConfigError(s.key("user_id"), f"must be a local account on {domain}")
+        if user_id in seen:
+            raise ConfigError(s.key("user_id"), f"{user_id} is listed twice")
+        seen.add(user_id)
+        members.append(
+            StaffMember(
+                user_id=user_id,
+                displayname=s.str("displayname", user_id[1:].split(":", 1)[0]),
+                role=s.choice("role", ROLES),
+            )
+        )
+        s.warn_unknown()
+    return tuple(members)
+
+
+def _logging(s: _Section, base: Path) -> LoggingConfig:
+    file = s.raw("file", None)
+    return LoggingConfig(
+        level=s.choice("level", LOG_LEVELS, "INFO").upper(),
+        file=(base / str(file)) if file else None,
+    )
+
+
+def _inbox(s: _Section) -> InboxConfig:
+    return InboxConfig(
+        max_attempts=s.int("max_attempts", 5, low=1, high=100),
+        retry_base_seconds=s.float("retry_base_seconds", 1.0, low=0.01),
+        concurrency=s.int("concurrency", 32, low=1, high=1000),
+        keep_done_hours=s.float("keep_done_hours", 24.0),
+    )
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def parse_config(
+    data: Any, base: Path, path: Path | None = None, *, need_tokens: bool = True
+) -> Config:
+    """Validate a loaded YAML tree into a Config. ``base`` resolves relative paths."""
+    root = _Section(data, "")
+    hs = _read(root.section("homeserver"), _homeserver)
+    config = Config(
+        homeserver=hs,
+        appservice=_read(root.section("appservice"), lambda s: _appservice(s, base, need_tokens)),
+        database=_read(root.section("database", required=False), lambda s: _database(s, base)),
+        practice=_read(root.section("practice"), _practice),
+        staff=_staff(root.raw("staff", None), hs.domain),
+        logging=_read(root.section("logging", required=False), lambda s: _logging(s, base)),
+        inbox=_read(root.section("inbox", required=False), _inbox),
+        path=path,
+    )
+    root.warn_unknown()
+    return config
+
+
+def apply_env(data: Any, environ: Mapping[str, str]) -> Any:
+    """Override keys from ``ALCOVE__SECTION__KEY`` variables (list items by index)."""
+    if data is None:
+        data = {}
+    for name, value in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        node: Any = data
+        where = ""
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(where, f"environment variable {name}: no list item {part}")
+                idx = int(part)
+                if last:
+                    node[idx] = value
+                else:
+                    node = node[idx]
+            else:
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            where = f"{where}.{part}" if where else part
+    return data
+
+
+def load_config(
+    path: str | Path, environ: Mapping[str, str] | None = None, *, need_tokens: bool = True
+) -> Config:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(
+            "", f"config file {path} not found: copy config.example.yaml to {path} and edit it"
+        )
+    try:
+        data = YAML(typ="safe").load(path.read_text())
+    except YAMLError as e:
+        raise ConfigError("", f"{path} is not valid YAML: {e}") from None
+    data = apply_env(data, os.environ if environ is None else environ)
+    return parse_config(data, path.parent.resolve(), path.resolve(), need_tokens=need_tokens)

@@ -1,0 +1,111 @@
+"""Inbox rows: events Synapse pushed, persisted before Alcove answers 200."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from mautrix.util.async_db import Database
+
+PENDING = "pending"
+DONE = "done"
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class InboxRow:
+    seq: int
+    event_id: str
+    room_id: str
+    event: dict[str, Any]
+    attempts: int
+    next_attempt_at: int
+    received_at: int
+
+
+def _row(record: Any) -> InboxRow:
+    return InboxRow(
+        seq=record["seq"],
+        event_id=record["event_id"],
+        room_id=record["room_id"],
+        event=json.loads(record["body"]),
+        attempts=record["attempts"],
+        next_attempt_at=record["next_attempt_at"],
+        received_at=record["received_at"],
+    )
+
+
+class InboxRepo:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def add(self, txn_id: str, events: list[dict[str, Any]], now_ms: int) -> list[InboxRow]:
+        """Persist a transaction's events in one database transaction. Returns only the events
+        not seen before (dedupe by event id), in the order Synapse sent them."""
+        new: list[InboxRow] = []
+        q = (
+            "INSERT INTO inbox_event (event_id, room_id, txn_id, body, status, attempts,"
+            " next_attempt_at, received_at) VALUES ($1, $2, $3, $4, $5, 0, $6, $6)"
+            " ON CONFLICT (event_id) DO NOTHING RETURNING seq"
+        )
+        async with self.db.acquire() as conn, conn.transaction():
+            for event in events:
+                seq = await conn.fetchval(
+                    q, event["event_id"], event["room_id"], txn_id, json.dumps(event), PENDING, now_ms
+                )
+                if seq is not None:
+                    new.append(InboxRow(seq, event["event_id"], event["room_id"], event, 0, now_ms, now_ms))
+        return new
+
+    async def pending(self) -> list[InboxRow]:
+        rows = await self.db.fetch(
+            "SELECT seq, event_id, room_id, body, attempts, next_attempt_at, received_at"
+            " FROM inbox_event WHERE status = $1 ORDER BY seq",
+            PENDING,
+        )
+        return [_row(r) for r in rows]
+
+    async def mark_done(self, seq: int, now_ms: int) -> None:
+        # The event JSON is dropped as soon as it is handled: only the id remains, for dedupe.
+        await self.db.execute(
+            "UPDATE inbox_event SET status = $1, body = NULL, finished_at = $2, error = NULL"
+            " WHERE seq = $3",
+            DONE, now_ms, seq,
+        )
+
+    async def delete(self, seq: int) -> None:
+        await self.db.execute("DELETE FROM inbox_event WHERE seq = $1", seq)
+
+    async def mark_retry(self, seq: int, attempts: int, next_attempt_at: int, error: str) -> None:
+        await self.db.execute(
+            "UPDATE inbox_event SET attempts = $1, next_attempt_at = $2, error = $3 WHERE seq = $4",
+            attempts, next_attempt_at, error, seq,
+        )
+
+    async def mark_failed(self, seq: int, attempts: int, now_ms: int, error: str) -> None:
+        await self.db.execute(
+            "UPDATE inbox_event SET status = $1, attempts = $2, body = NULL, finished_at = $3,"
+            " error = $4 WHERE seq = $5",
+            FAILED, attempts, now_ms, error, seq,
+        )
+
+    async def status_of(self, event_id: str) -> str | None:
+        value = await self.db.fetchval("SELECT status FROM inbox_event WHERE event_id = $1", event_id)
+        return str(value) if value is not None else None
+
+    async def depth(self) -> tuple[int, int | None]:
+        """(number of unprocessed events, received_at of the oldest one)."""
+        row = await self.db.fetchrow(
+            "SELECT COUNT(*) AS n, MIN(received_at) AS oldest FROM inbox_event WHERE status = $1",
+            PENDING,
+        )
+        assert row is not None
+        return int(row["n"]), (int(row["oldest"]) if row["oldest"] is not None else None)
+
+    async def prune(self, finished_before_ms: int) -> None:
+        """Forget processed events once no replay can be expected (bounded dedupe window)."""
+        await self.db.execute(
+            "DELETE FROM inbox_event WHERE status <> $1 AND finished_at < $2",
+            PENDING, finished_before_ms,
+        )

@@ -1,0 +1,14 @@
+"""Forward-only numbered migrations.
+
+Each ``vNN_*.py`` module registers exactly one upgrade on ``upgrade_table`` with a description
+of why it exists. A database whose version is newer than the last migration here is refused
+at start-up (mautrix raises UnsupportedDatabaseVersion; Alcove explains it).
+"""
+
+from mautrix.util.async_db import UpgradeTable
+
+upgrade_table = UpgradeTable(version_table_name="alcove_version", database_name="Alcove")
+
+from . import v01_inbox_outbox  # noqa: E402,F401  (registration order is version order)
+
+__all__ = ["upgrade_table"]

@@ -1,0 +1,132 @@
+"""Outbox rows: every message Alcove sends, kept until the homeserver accepted it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from mautrix.util.async_db import Database
+
+PENDING = "pending"
+SENT = "sent"
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    seq: int
+    key: str
+    sender: str
+    room_id: str
+    event_type: str
+    content: dict[str, Any] | None
+    txn_id: str
+    status: str
+    attempts: int
+    next_attempt_at: int
+    event_id: str | None
+    error: str | None
+
+
+_COLUMNS = (
+    "seq, key, sender, room_id, event_type, content, txn_id, status, attempts,"
+    " next_attempt_at, event_id, error"
+)
+
+
+def _row(r: Any) -> OutboxRow:
+    return OutboxRow(
+        seq=r["seq"],
+        key=r["key"],
+        sender=r["sender"],
+        room_id=r["room_id"],
+        event_type=r["event_type"],
+        content=json.loads(r["content"]) if r["content"] is not None else None,
+        txn_id=r["txn_id"],
+        status=r["status"],
+        attempts=r["attempts"],
+        next_attempt_at=r["next_attempt_at"],
+        event_id=r["event_id"],
+        error=r["error"],
+    )
+
+
+class OutboxRepo:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def insert(
+        self,
+        key: str,
+        sender: str,
+        room_id: str,
+        event_type: str,
+        content: dict[str, Any],
+        txn_id: str,
+        now_ms: int,
+    ) -> tuple[OutboxRow, bool]:
+        """Insert unless ``key`` exists. Returns the row and whether it is new."""
+        seq = await self.db.fetchval(
+            "INSERT INTO outbox (key, sender, room_id, event_type, content, txn_id, status,"
+            " attempts, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $8)"
+            " ON CONFLICT (key) DO NOTHING RETURNING seq",
+            key, sender, room_id, event_type, json.dumps(content), txn_id, PENDING, now_ms,
+        )
+        row = await self.get(key)
+        assert row is not None
+        return row, seq is not None
+
+    async def get(self, key: str) -> OutboxRow | None:
+        r = await self.db.fetchrow(f"SELECT {_COLUMNS} FROM outbox WHERE key = $1", key)
+        return _row(r) if r else None
+
+    async def pending(self) -> list[OutboxRow]:
+        rows = await self.db.fetch(
+            f"SELECT {_COLUMNS} FROM outbox WHERE status = $1 ORDER BY seq", PENDING
+        )
+        return [_row(r) for r in rows]
+
+    async def mark_sent(self, seq: int, event_id: str, now_ms: int) -> None:
+        # Content is dropped once the homeserver has it: Alcove is not a message archive.
+        await self.db.execute(
+            "UPDATE outbox SET status = $1, event_id = $2, sent_at = $3, content = NULL,"
+            " error = NULL WHERE seq = $4",
+            SENT, event_id, now_ms, seq,
+        )
+
+    async def mark_retry(self, seq: int, attempts: int, next_attempt_at: int, error: str) -> None:
+        await self.db.execute(
+            "UPDATE outbox SET attempts = $1, next_attempt_at = $2, error = $3 WHERE seq = $4",
+            attempts, next_attempt_at, error, seq,
+        )
+
+    async def mark_failed(self, seq: int, attempts: int, error: str) -> None:
+        await self.db.execute(
+            "UPDATE outbox SET status = $1, attempts = $2, content = NULL, error = $3"
+            " WHERE seq = $4",
+            FAILED, attempts, error, seq,
+        )
+
+    async def count(self, status: str) -> int:
+        return int(await self.db.fetchval("SELECT COUNT(*) FROM outbox WHERE status = $1", status))
+
+
+class DeviceRepo:
+    """The device id Alcove uses for each acting user (so Synapse dedupes resends)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def get(self, user_id: str) -> str | None:
+        value = await self.db.fetchval(
+            "SELECT device_id FROM acting_device WHERE user_id = $1", user_id
+        )
+        return str(value) if value is not None else None
+
+    async def put(self, user_id: str, device_id: str) -> None:
+        await self.db.execute(
+            "INSERT INTO acting_device (user_id, device_id) VALUES ($1, $2)"
+            " ON CONFLICT (user_id) DO UPDATE SET device_id = $2",
+            user_id, device_id,
+        )

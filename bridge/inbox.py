@@ -1,0 +1,151 @@
+"""The durable inbox: what Synapse pushed is persisted before Alcove acknowledges it, then
+handled in order per room and in parallel across rooms.
+
+accept()  ← web/transactions.py, after authentication and parsing
+   │ persist (dedupe by event id) → 200 to Synapse
+   ▼
+KeyedWorkers (one ordered lane per room) → handler(event dict) → done / retry / failed
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .clock import Clock, ms
+from .config import InboxConfig
+from .db.inbox_repo import InboxRepo, InboxRow
+from .delayed import DelayQueue, backoff
+from .metrics import Metrics
+from .workers import KeyedWorkers
+
+log = logging.getLogger("alcove.inbox")
+
+EventHandler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Inbox:
+    def __init__(
+        self,
+        repo: InboxRepo,
+        handler: EventHandler,
+        clock: Clock,
+        metrics: Metrics,
+        config: InboxConfig,
+        keep_row: Callable[[InboxRow], bool] = lambda _row: True,
+    ) -> None:
+        self.repo = repo
+        self.handler = handler
+        self.clock = clock
+        self.metrics = metrics
+        self.config = config
+        self.keep_row = keep_row
+        self.workers: KeyedWorkers[InboxRow] = KeyedWorkers(
+            "inbox", self._process, config.concurrency
+        )
+        self.retries: DelayQueue[InboxRow] = DelayQueue(clock, self._submit, "inbox-retry")
+        self._queued: set[int] = set()  # seqs queued or in flight: bounded by pending rows
+        self._started = False
+        self._lock = asyncio.Lock()
+
+    async def accept(self, txn_id: str, events: list[dict[str, Any]]) -> int:
+        """Persist a transaction's room events. Returns how many were new."""
+        valid = [e for e in events if isinstance(e.get("event_id"), str) and isinstance(e.get("room_id"), str)]
+        if len(valid) != len(events):
+            self.metrics.inbox_events.labels(outcome="malformed").inc(len(events) - len(valid))
+            log.warning("Transaction %s: ignored %d events without event_id/room_id", txn_id, len(events) - len(valid))
+        async with self._lock:
+            new = await self.repo.add(txn_id, valid, ms(self.clock))
+            self.metrics.inbox_events.labels(outcome="received").inc(len(new))
+            self.metrics.inbox_events.labels(outcome="duplicate").inc(len(valid) - len(new))
+            if self._started:
+                for row in new:
+                    self._submit(row)
+        return len(new)
+
+    async def start(self) -> int:
+        """Process what a previous run left unprocessed (in order), then everything new."""
+        async with self._lock:
+            pending = await self.repo.pending()
+            now = ms(self.clock)
+            for row in pending:
+                delay = (row.next_attempt_at - now) / 1000
+                if row.attempts and delay > 0:
+                    self.retries.add(delay, row)
+                else:
+                    self._submit(row)
+            self._started = True
+        self.retries.start()
+        if pending:
+            log.info("Resuming %d unprocessed inbox events from before the restart", len(pending))
+        return len(pending)
+
+    def _submit(self, row: InboxRow) -> None:
+        if row.seq in self._queued:
+            return
+        self._queued.add(row.seq)
+        self.workers.submit(row.room_id, row)
+
+    async def _process(self, row: InboxRow) -> None:
+        try:
+            with self.metrics.handler_seconds.time():
+                await self.handler(row.event)
+        except asyncio.CancelledError:
+            self._queued.discard(row.seq)
+            raise
+        except Exception as e:
+            await self._failed(row, e)
+            return
+        self._queued.discard(row.seq)
+        if self.keep_row(row):
+            await self.repo.mark_done(row.seq, ms(self.clock))
+        else:
+            await self.repo.delete(row.seq)
+        self.metrics.inbox_events.labels(outcome="done").inc()
+
+    async def _failed(self, row: InboxRow, error: Exception) -> None:
+        self._queued.discard(row.seq)
+        attempts = row.attempts + 1
+        reason = f"{type(error).__name__}: {error}"[:500]
+        if attempts >= self.config.max_attempts:
+            log.error(
+                "Event %s in %s failed %d times, giving up: %s",
+                row.event_id, row.room_id, attempts, type(error).__name__,
+                exc_info=error,
+            )
+            await self.repo.mark_failed(row.seq, attempts, ms(self.clock), reason)
+            self.metrics.inbox_events.labels(outcome="failed").inc()
+            return
+        delay = backoff(attempts, self.config.retry_base_seconds)
+        log.warning(
+            "Event %s in %s failed (attempt %d/%d, %s); retrying in %.1fs",
+            row.event_id, row.room_id, attempts, self.config.max_attempts,
+            type(error).__name__, delay,
+        )
+        log.debug("Failure detail for %s", row.event_id, exc_info=error)
+        next_at = ms(self.clock) + int(delay * 1000)
+        await self.repo.mark_retry(row.seq, attempts, next_at, reason)
+        self.metrics.inbox_events.labels(outcome="retried").inc()
+        self.retries.add(
+            delay,
+            InboxRow(row.seq, row.event_id, row.room_id, row.event, attempts, next_at, row.received_at),
+        )
+
+    async def refresh_metrics(self) -> None:
+        depth, oldest = await self.repo.depth()
+        self.metrics.inbox_depth.set(depth)
+        self.metrics.inbox_oldest_age.set(max(0.0, (ms(self.clock) - oldest) / 1000) if oldest else 0)
+
+    async def prune(self) -> None:
+        await self.repo.prune(ms(self.clock) - int(self.config.keep_done_hours * 3600 * 1000))
+
+    async def join(self) -> None:
+        """Wait until every submitted event has been handled (tests, shutdown)."""
+        await self.workers.join()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        self._started = False
+        await self.retries.stop()
+        await self.workers.stop(timeout)

@@ -1,0 +1,291 @@
+"""MatrixGateway on mautrix's AppServiceAPI (the real homeserver)."""
+
+from __future__ import annotations
+
+import logging
+from json import JSONDecodeError
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import ClientError, ClientResponse, ClientSession, ContentTypeError
+from mautrix.api import Method, Path
+from mautrix.appservice import AppServiceAPI
+from mautrix.errors import MatrixConnectionError, MatrixRequestError, make_request_error
+from mautrix.types import JSON, UserID
+from mautrix.util.logging import TraceLogger
+from yarl import URL
+
+from ..metrics import Metrics
+from .gateway import MatrixSendError, PermanentError, TemporaryError
+
+log = logging.getLogger("alcove.matrix")
+
+DEVICE_ID = "ALCOVE"
+DEVICE_NAME = "Alcove"
+
+
+class _RateLimited(MatrixRequestError):
+    def __init__(self, status: int, errcode: str | None, message: str, retry_after_ms: int | None):
+        super().__init__(message or "rate limited")
+        self.http_status = status
+        self.errcode = errcode
+        self.message = message
+        self.retry_after_ms = retry_after_ms
+
+
+class AlcoveAPI(AppServiceAPI):
+    """mautrix's AppServiceAPI, keeping ``retry_after_ms`` of a 429 (mautrix drops the body)."""
+
+    async def _send(
+        self,
+        method: Method,
+        url: URL,
+        content: Any,
+        query_params: dict[str, str],
+        headers: dict[str, str],
+    ) -> tuple[JSON, ClientResponse]:
+        request = self.session.request(
+            str(method), url, data=content, params=query_params, headers=headers
+        )
+        async with request as response:
+            if 200 <= response.status < 300:
+                return await response.json(), response
+            text = await response.text()
+            errcode = message = None
+            data: dict[str, Any] = {}
+            try:
+                data = await response.json(content_type=None)
+                errcode = data.get("errcode")
+                message = data.get("error")
+            except (JSONDecodeError, ContentTypeError, ValueError, AttributeError):
+                pass
+            if response.status == 429:
+                retry = data.get("retry_after_ms") if isinstance(data, dict) else None
+                if retry is None and "Retry-After" in response.headers:
+                    try:
+                        retry = int(float(response.headers["Retry-After"]) * 1000)
+                    except ValueError:
+                        retry = None
+                raise _RateLimited(429, errcode, message or "", retry)
+            raise make_request_error(
+                http_status=response.status, text=text, errcode=errcode, message=message
+            )
+
+
+class MautrixGateway:
+    def __init__(
+        self,
+        session: ClientSession,
+        base_url: str,
+        as_token: str,
+        bot_user_id: str,
+        metrics: Metrics,
+        doublepuppet_token: str | None = None,
+        client_namespace_prefix: str = "@c-",
+    ) -> None:
+        self.session = session
+        self.base_url = base_url
+        self.as_token = as_token
+        self._bot_user_id = bot_user_id
+        self.doublepuppet_token = doublepuppet_token
+        self.client_prefix = client_namespace_prefix
+        self.metrics = metrics
+        self._base_log: TraceLogger = logging.getLogger("alcove.mau")  # type: ignore[assignment]
+        self.bot_api = self.api_for(bot_user_id)
+
+    @property
+    def bot_user_id(self) -> str:
+        return self._bot_user_id
+
+    def owns(self, user_id: str) -> bool:
+        """True if the user is in the main registration's namespace (bot or managed client)."""
+        return user_id == self._bot_user_id or user_id.startswith(self.client_prefix)
+
+    def api_for(self, user_id: str, device_id: str | None = None) -> AlcoveAPI:
+        token = self.as_token
+        if not self.owns(user_id):
+            if not self.doublepuppet_token:
+                raise PermanentError(
+                    f"cannot act as {user_id}: the double-puppet registration is not installed"
+                )
+            token = self.doublepuppet_token
+        api = AlcoveAPI(
+            self.base_url,
+            bot_mxid=UserID(self._bot_user_id),
+            token=token,
+            identity=UserID(user_id),
+            log=self._base_log,
+            client_session=self.session,
+            child=False,
+            default_retry_count=0,
+        )
+        api.as_device_id = device_id  # type: ignore[assignment]
+        return api
+
+    async def call(
+        self,
+        api: AlcoveAPI,
+        method: Method,
+        path: str,
+        content: dict[str, Any] | None = None,
+        query: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """One request; errors become TemporaryError / PermanentError."""
+        try:
+            result = await api.request(
+                method, path, content, query_params=query, retry_count=0  # type: ignore[arg-type]
+            )
+            return result if isinstance(result, dict) else {}
+        except _RateLimited as e:
+            self.metrics.matrix_errors.labels(kind="429").inc()
+            retry = e.retry_after_ms / 1000 if e.retry_after_ms is not None else None
+            raise TemporaryError(
+                f"rate limited ({e.errcode})", status=429, errcode=e.errcode, retry_after=retry
+            ) from None
+        except MatrixRequestError as e:
+            status = getattr(e, "http_status", None)
+            errcode = getattr(e, "errcode", None)
+            message = getattr(e, "message", None) or str(e)
+            self.metrics.matrix_errors.labels(kind=str(status)).inc()
+            if status is not None and status >= 500:
+                raise TemporaryError(message, status=status, errcode=errcode) from None
+            raise PermanentError(message, status=status, errcode=errcode) from None
+        except (MatrixConnectionError, ClientError, TimeoutError, OSError) as e:
+            self.metrics.matrix_errors.labels(kind="connection").inc()
+            raise TemporaryError(f"homeserver unreachable: {e}") from None
+
+    # ------------------------------------------------------------------ MatrixGateway
+
+    async def send_event(
+        self,
+        sender: str,
+        room_id: str,
+        event_type: str,
+        content: dict[str, Any],
+        txn_id: str,
+        device_id: str | None,
+    ) -> str:
+        api = self.api_for(sender, device_id)
+        path = (
+            f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/send/"
+            f"{quote(event_type, safe='')}/{quote(txn_id, safe='')}"
+        )
+        result = await self.call(api, Method.PUT, path, content)
+        event_id = result.get("event_id")
+        if not isinstance(event_id, str):
+            raise TemporaryError("homeserver answered without an event_id")
+        return event_id
+
+    async def ensure_device(self, user_id: str, device_id: str) -> bool:
+        """Create the acting device: Synapse admin API first, then the MSC4190 appservice route."""
+        user = quote(user_id, safe="")
+        try:
+            await self.call(
+                self.bot_api,
+                Method.POST,
+                f"/_synapse/admin/v2/users/{user}/devices",
+                {"device_id": device_id},
+            )
+            return True
+        except MatrixSendError as e:
+            log.debug("admin device creation for %s failed: %s", user_id, e)
+        try:
+            await self.call(
+                self.api_for(user_id),
+                Method.PUT,
+                f"/_matrix/client/v3/devices/{quote(device_id, safe='')}",
+                {"display_name": DEVICE_NAME},
+            )
+            return True
+        except MatrixSendError as e:
+            log.warning("Cannot create device %s for %s (%s): resends may duplicate", device_id, user_id, e)
+            return False
+
+    async def join_room(self, user_id: str, room_id: str) -> None:
+        await self.call(
+            self.api_for(user_id), Method.POST, f"/_matrix/client/v3/join/{quote(room_id, safe='')}", {}
+        )
+
+    async def leave_room(self, user_id: str, room_id: str) -> None:
+        await self.call(
+            self.api_for(user_id),
+            Method.POST,
+            f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/leave",
+            {},
+        )
+
+    # ------------------------------------------------------------------ start-up probes
+
+    async def versions(self) -> dict[str, Any]:
+        return await self.call(self.bot_api, Method.GET, str(Path.versions))
+
+    async def whoami(self) -> str:
+        result = await self.call(self.bot_api, Method.GET, "/_matrix/client/v3/account/whoami")
+        return str(result.get("user_id", ""))
+
+    async def ping(self, appservice_id: str, transaction_id: str) -> dict[str, Any]:
+        return await self.call(
+            self.bot_api,
+            Method.POST,
+            f"/_matrix/client/v1/appservice/{quote(appservice_id, safe='')}/ping",
+            {"transaction_id": transaction_id},
+        )
+
+    async def ensure_registered(self, localpart: str) -> None:
+        """Register an appservice user (idempotent: an existing account is fine)."""
+        try:
+            await self.call(
+                self.bot_api,
+                Method.POST,
+                "/_matrix/client/v3/register",
+                {"type": "m.login.application_service", "username": localpart, "inhibit_login": True},
+            )
+        except PermanentError as e:
+            if e.errcode != "M_USER_IN_USE":
+                raise
+
+    async def set_displayname(self, user_id: str, name: str) -> None:
+        await self.call(
+            self.api_for(user_id),
+            Method.PUT,
+            f"/_matrix/client/v3/profile/{quote(user_id, safe='')}/displayname",
+            {"displayname": name},
+        )
+
+    async def get_displayname(self, user_id: str) -> str | None:
+        try:
+            result = await self.call(
+                self.bot_api,
+                Method.GET,
+                f"/_matrix/client/v3/profile/{quote(user_id, safe='')}/displayname",
+            )
+        except PermanentError:
+            return None
+        name = result.get("displayname")
+        return str(name) if name else None
+
+    async def is_server_admin(self, user_id: str) -> bool | None:
+        """True/False, or None if the admin API is not reachable to say."""
+        try:
+            result = await self.call(
+                self.bot_api,
+                Method.GET,
+                f"/_synapse/admin/v1/users/{quote(user_id, safe='')}/admin",
+            )
+            return bool(result.get("admin"))
+        except PermanentError as e:
+            if e.status == 403:
+                return False
+            return None
+
+    async def user_exists(self, user_id: str) -> bool | None:
+        """Through the admin API; None when it cannot say."""
+        try:
+            await self.call(
+                self.bot_api, Method.GET, f"/_synapse/admin/v2/users/{quote(user_id, safe='')}"
+            )
+            return True
+        except PermanentError as e:
+            if e.status == 404:
+                return False
+            return None

@@ -1,0 +1,182 @@
+"""The outbox: every message Alcove sends is written down first, then sent with a transaction id
+derived from (sender, key) and a device of the acting user, so a resend after a crash, before or
+after the homeserver accepted it, yields exactly one event.
+
+send() → outbox row (idempotent on key) → per-room ordered lane → gateway.send_event
+   5xx / network → retry with backoff; 429 → wait retry_after_ms; other 4xx → failed
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import replace
+from typing import Any
+
+from ..clock import Clock, ms
+from ..db.outbox_repo import PENDING, SENT, DeviceRepo, OutboxRepo, OutboxRow
+from ..delayed import DelayQueue, backoff
+from ..metrics import Metrics
+from ..workers import KeyedWorkers
+from .gateway import MatrixGateway, PermanentError, TemporaryError
+
+log = logging.getLogger("alcove.outbox")
+
+DEVICE_ID = "ALCOVE"
+
+
+def txn_id_for(sender: str, key: str) -> str:
+    """Deterministic: the same logical message from the same sender always has the same id.
+    The sender is part of it because Synapse's appservice txn cache ignores user_id."""
+    return "alcove." + hashlib.sha256(f"{sender}\x00{key}".encode()).hexdigest()[:40]
+
+
+class Outbox:
+    def __init__(
+        self,
+        repo: OutboxRepo,
+        devices: DeviceRepo,
+        gateway: MatrixGateway,
+        clock: Clock,
+        metrics: Metrics,
+        *,
+        max_attempts: int = 8,
+        retry_base_seconds: float = 1.0,
+        concurrency: int = 32,
+    ) -> None:
+        self.repo = repo
+        self.devices = devices
+        self.gateway = gateway
+        self.clock = clock
+        self.metrics = metrics
+        self.max_attempts = max_attempts
+        self.retry_base_seconds = retry_base_seconds
+        self.workers: KeyedWorkers[OutboxRow] = KeyedWorkers("outbox", self._deliver, concurrency)
+        self.retries: DelayQueue[OutboxRow] = DelayQueue(clock, self._submit, "outbox-retry")
+        self._queued: set[int] = set()
+        self._waiters: dict[str, list[asyncio.Future[OutboxRow]]] = {}
+        self._device_cache: dict[str, str | None] = {}
+        self._device_lock = asyncio.Lock()
+        self._started = False
+
+    async def send(
+        self,
+        key: str,
+        sender: str,
+        room_id: str,
+        content: dict[str, Any],
+        event_type: str = "m.room.message",
+    ) -> OutboxRow:
+        """Queue a message. ``key`` names the logical message (e.g. ``reply:<event id>``): queuing
+        the same key twice sends once. Returns the row (pending until delivered)."""
+        row, new = await self.repo.insert(
+            key, sender, room_id, event_type, content, txn_id_for(sender, key), ms(self.clock)
+        )
+        if new and self._started:
+            self._submit(row)
+        return row
+
+    async def start(self) -> int:
+        pending = await self.repo.pending()
+        self._started = True
+        for row in pending:
+            self._submit(row)
+        self.retries.start()
+        if pending:
+            log.info("Resending %d outbox messages queued before the restart", len(pending))
+        return len(pending)
+
+    def _submit(self, row: OutboxRow) -> None:
+        if row.seq in self._queued:
+            return
+        self._queued.add(row.seq)
+        self.workers.submit(row.room_id, row)
+
+    async def device_for(self, user_id: str) -> str | None:
+        if user_id in self._device_cache:
+            return self._device_cache[user_id]
+        async with self._device_lock:
+            device = await self.devices.get(user_id)
+            if device is None and await self.gateway.ensure_device(user_id, DEVICE_ID):
+                device = DEVICE_ID
+                await self.devices.put(user_id, device)
+            self._device_cache[user_id] = device
+            return device
+
+    async def _deliver(self, row: OutboxRow) -> None:
+        assert row.content is not None
+        attempts = row.attempts + 1
+        try:
+            device = await self.device_for(row.sender)
+            event_id = await self.gateway.send_event(
+                row.sender, row.room_id, row.event_type, row.content, row.txn_id, device
+            )
+        except TemporaryError as e:
+            self._queued.discard(row.seq)
+            if attempts >= self.max_attempts:
+                await self._give_up(row, attempts, str(e))
+                return
+            delay = e.retry_after if e.retry_after is not None else backoff(attempts, self.retry_base_seconds)
+            log.warning(
+                "Send %s to %s failed (%s, attempt %d/%d); retrying in %.1fs",
+                row.txn_id, row.room_id, e.status or "network", attempts, self.max_attempts, delay,
+            )
+            self.metrics.outbox_retries.inc()
+            next_at = ms(self.clock) + int(delay * 1000)
+            await self.repo.mark_retry(row.seq, attempts, next_at, str(e)[:500])
+            self.retries.add(delay, _with(row, attempts=attempts, next_attempt_at=next_at))
+            return
+        except PermanentError as e:
+            self._queued.discard(row.seq)
+            await self._give_up(row, attempts, str(e))
+            return
+        self._queued.discard(row.seq)
+        await self.repo.mark_sent(row.seq, event_id, ms(self.clock))
+        self.metrics.outbox_sent.inc()
+        self._resolve(_with(row, status=SENT, event_id=event_id, content=None, attempts=attempts))
+
+    async def _give_up(self, row: OutboxRow, attempts: int, reason: str) -> None:
+        log.error("Giving up on message %s to %s after %d attempts: %s", row.txn_id, row.room_id, attempts, reason)
+        await self.repo.mark_failed(row.seq, attempts, reason[:500])
+        self.metrics.outbox_failed.inc()
+        self._resolve(_with(row, status="failed", error=reason, content=None, attempts=attempts))
+
+    def _resolve(self, row: OutboxRow) -> None:
+        for fut in self._waiters.pop(row.key, []):
+            if not fut.done():
+                fut.set_result(row)
+
+    async def wait(self, key: str, timeout: float | None = None) -> OutboxRow:
+        """Wait until the message with ``key`` is sent or given up on."""
+        # Register first, then look: a delivery between the two cannot be missed.
+        fut: asyncio.Future[OutboxRow] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(key, []).append(fut)
+        try:
+            row = await self.repo.get(key)
+            if row is None:
+                raise KeyError(key)
+            if row.status != PENDING:
+                return row
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            waiters = self._waiters.get(key)
+            if waiters and fut in waiters:
+                waiters.remove(fut)
+                if not waiters:
+                    self._waiters.pop(key, None)
+
+    async def refresh_metrics(self) -> None:
+        self.metrics.outbox_pending.set(await self.repo.count(PENDING))
+
+    async def join(self) -> None:
+        await self.workers.join()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        self._started = False
+        await self.retries.stop()
+        await self.workers.stop(timeout)
+
+
+def _with(row: OutboxRow, **changes: Any) -> OutboxRow:
+    return replace(row, **changes)
