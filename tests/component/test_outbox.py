@@ -1,0 +1,163 @@
+"""The outbox on a real database with a recording gateway: idempotent keys, retries, 429,
+permanent failures, devices per acting user, and resumption after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+
+from mautrix.util.async_db import Database
+
+from bridge.db.outbox_repo import DeviceRepo, OutboxRepo
+from bridge.matrix.gateway import PermanentError, TemporaryError
+from bridge.matrix.outbox import DEVICE_ID, Outbox, txn_id_for
+from bridge.metrics import Metrics
+from tests.support.fakes import FakeClock, RecordingGateway
+
+BOT = "@alcove:test.local"
+
+
+def make_outbox(db: Database, gw: RecordingGateway, **kw: float) -> Outbox:
+    return Outbox(
+        OutboxRepo(db), DeviceRepo(db), gw, FakeClock(), Metrics(),
+        retry_base_seconds=kw.get("retry_base_seconds", 0.01),
+        max_attempts=int(kw.get("max_attempts", 4)),
+    )
+
+
+def text(body: str) -> dict[str, str]:
+    return {"msgtype": "m.notice", "body": body}
+
+
+async def test_same_key_is_sent_once(db: Database) -> None:
+    gw = RecordingGateway()
+    outbox = make_outbox(db, gw)
+    await outbox.start()
+    await outbox.send("reply:$1", BOT, "!r:x", text("pong"))
+    await outbox.send("reply:$1", BOT, "!r:x", text("pong"))
+    row = await outbox.wait("reply:$1", timeout=5)
+    await outbox.stop()
+    assert row.status == "sent"
+    assert len(gw.attempts) == 1
+    sent = gw.sent[0]
+    assert sent.txn_id == txn_id_for(BOT, "reply:$1")
+    assert sent.device_id == DEVICE_ID
+    assert gw.devices == [(BOT, DEVICE_ID)]
+    stored = await db.fetchrow("SELECT content, event_id FROM outbox")
+    assert stored is not None
+    assert stored["content"] is None  # not an archive of what was said
+    assert stored["event_id"] == row.event_id
+
+
+async def test_order_within_a_room(db: Database) -> None:
+    gw = RecordingGateway()
+    outbox = make_outbox(db, gw)
+    await outbox.start()
+    for i in range(10):
+        await outbox.send(f"k{i}", BOT, "!r:x", text(str(i)))
+    await outbox.join()
+    await outbox.stop()
+    assert gw.bodies("!r:x") == [str(i) for i in range(10)]
+
+
+async def test_temporary_errors_are_retried(db: Database) -> None:
+    gw = RecordingGateway(failures=[TemporaryError("502", status=502), TemporaryError("down")])
+    outbox = make_outbox(db, gw)
+    await outbox.start()
+    await outbox.send("k", BOT, "!r:x", text("hello"))
+    row = await outbox.wait("k", timeout=5)
+    await outbox.stop()
+    assert row.status == "sent"
+    assert len(gw.attempts) == 3
+    assert len(gw.sent) == 1
+    assert outbox.metrics.outbox_retries._value.get() == 2
+    # Every attempt reused the same transaction id, so the homeserver could dedupe.
+    assert {a.txn_id for a in gw.attempts} == {txn_id_for(BOT, "k")}
+
+
+async def test_429_waits_retry_after(db: Database) -> None:
+    gw = RecordingGateway(failures=[TemporaryError("slow down", status=429, retry_after=0.3)])
+    outbox = make_outbox(db, gw, retry_base_seconds=0.001)
+    await outbox.start()
+    await outbox.send("k", BOT, "!r:x", text("hello"))
+    await outbox.wait("k", timeout=5)
+    await outbox.stop()
+    first, second = gw.attempts
+    assert second.at - first.at >= 0.29  # the server's retry_after_ms, not our 1 ms backoff
+
+
+async def test_permanent_error_gives_up_and_later_messages_still_go(db: Database) -> None:
+    gw = RecordingGateway(failures=[PermanentError("not in room", status=403)])
+    outbox = make_outbox(db, gw)
+    await outbox.start()
+    await outbox.send("bad", BOT, "!r:x", text("first"))
+    await outbox.send("good", BOT, "!r:x", text("second"))
+    bad = await outbox.wait("bad", timeout=5)
+    good = await outbox.wait("good", timeout=5)
+    await outbox.stop()
+    assert (bad.status, good.status) == ("failed", "sent")
+    assert bad.error == "not in room"
+    assert gw.bodies() == ["second"]
+
+
+async def test_gives_up_after_max_attempts(db: Database) -> None:
+    gw = RecordingGateway(failures=[TemporaryError("down")] * 10)
+    outbox = make_outbox(db, gw, max_attempts=3)
+    await outbox.start()
+    await outbox.send("k", BOT, "!r:x", text("x"))
+    row = await outbox.wait("k", timeout=5)
+    await outbox.stop()
+    assert row.status == "failed"
+    assert len(gw.attempts) == 3
+
+
+async def test_queued_before_a_crash_is_sent_exactly_once_after(db: Database) -> None:
+    # First run: queued, then the process dies before sending (never started).
+    crashed = make_outbox(db, RecordingGateway())
+    await crashed.send("k1", BOT, "!r:x", text("one"))
+    await crashed.send("k2", BOT, "!r:x", text("two"))
+    gw = RecordingGateway()
+    # Before the crash, "one" actually reached the homeserver (response lost): same txn id.
+    await gw.send_event(BOT, "!r:x", "m.room.message", text("one"), txn_id_for(BOT, "k1"), DEVICE_ID)
+    outbox = make_outbox(db, gw)
+    assert await outbox.start() == 2
+    await outbox.join()
+    await outbox.stop()
+    assert gw.bodies() == ["one", "two"]
+    assert await OutboxRepo(db).count("sent") == 2
+
+
+async def test_device_created_once_per_acting_user(db: Database) -> None:
+    gw = RecordingGateway()
+    outbox = make_outbox(db, gw)
+    await outbox.start()
+    for i in range(3):
+        await outbox.send(f"a{i}", BOT, "!r:x", text("x"))
+        await outbox.send(f"b{i}", "@therapist:test.local", "!s:x", text("y"))
+    await outbox.join()
+    await outbox.stop()
+    assert sorted(gw.devices) == sorted([("@therapist:test.local", DEVICE_ID), (BOT, DEVICE_ID)])
+    restarted = make_outbox(db, gw)
+    assert await restarted.device_for(BOT) == DEVICE_ID
+    assert len(gw.devices) == 2  # remembered in the database
+
+
+async def test_without_a_device_it_still_sends(db: Database) -> None:
+    gw = RecordingGateway(device_ok=False)
+    outbox = make_outbox(db, gw)
+    await outbox.start()
+    await outbox.send("k", BOT, "!r:x", text("x"))
+    row = await outbox.wait("k", timeout=5)
+    await outbox.stop()
+    assert row.status == "sent"
+    assert gw.sent[0].device_id is None
+
+
+async def test_wait_sees_a_message_already_sent(db: Database) -> None:
+    gw = RecordingGateway()
+    outbox = make_outbox(db, gw)
+    await outbox.start()
+    await outbox.send("k", BOT, "!r:x", text("x"))
+    await outbox.join()
+    row = await asyncio.wait_for(outbox.wait("k"), 2)
+    await outbox.stop()
+    assert row.status == "sent"

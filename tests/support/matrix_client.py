@@ -1,0 +1,117 @@
+"""A Matrix user in tests, driving Synapse through the client-server API (mautrix's ClientAPI),
+the way Element would: log in, create rooms, send, and long-poll /sync for what arrives."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from mautrix.client import ClientAPI
+from mautrix.types import (
+    EventType,
+    MatrixUserIdentifier,
+    MessageType,
+    RoomCreatePreset,
+    RoomID,
+    TextMessageEventContent,
+    UserID,
+)
+
+Event = dict[str, Any]
+
+
+class MatrixUser:
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, user_id: str) -> None:
+        self.user_id = user_id
+        self.api = ClientAPI(UserID(user_id), base_url=base_url, client_session=session)
+        self.since: str | None = None
+        self.timeline: dict[str, list[Event]] = {}
+        self.invites: set[str] = set()
+
+    async def login(self, password: str) -> MatrixUser:
+        await self.api.login(
+            identifier=MatrixUserIdentifier(user=self.user_id),
+            password=password,
+            store_access_token=True,
+        )
+        await self.sync(timeout_ms=0)  # start at "now"
+        return self
+
+    async def create_dm(self, other: str) -> str:
+        room_id = await self.api.create_room(
+            preset=RoomCreatePreset.TRUSTED_PRIVATE, invitees=[UserID(other)], is_direct=True
+        )
+        return str(room_id)
+
+    async def send_text(self, room_id: str, text: str) -> str:
+        content = TextMessageEventContent(msgtype=MessageType.TEXT, body=text)
+        return str(await self.api.send_message_event(RoomID(room_id), EventType.ROOM_MESSAGE, content))
+
+    async def sync(self, timeout_ms: int = 0) -> list[Event]:
+        """One /sync; returns new timeline events and records them per room."""
+        data: dict[str, Any] = await self.api.sync(since=self.since, timeout=timeout_ms)  # type: ignore[arg-type]
+        self.since = data.get("next_batch")
+        new: list[Event] = []
+        rooms = data.get("rooms", {})
+        for room_id, room in rooms.get("join", {}).items():
+            for event in room.get("timeline", {}).get("events", []):
+                event["room_id"] = room_id
+                self.timeline.setdefault(room_id, []).append(event)
+                new.append(event)
+        for room_id in rooms.get("invite", {}):
+            self.invites.add(room_id)
+        return new
+
+    async def wait_for(self, predicate: Callable[[Event], bool], timeout: float = 15.0) -> Event:
+        """Long-poll /sync until an event matches (already-seen events count)."""
+        for events in self.timeline.values():
+            for event in events:
+                if predicate(event):
+                    return event
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            for event in await self.sync(timeout_ms=int(min(left, 5) * 1000)):
+                if predicate(event):
+                    return event
+        raise TimeoutError("no matching event arrived")
+
+    def messages_in(self, room_id: str, sender: str | None = None) -> list[Event]:
+        return [
+            e for e in self.timeline.get(room_id, [])
+            if e.get("type") == "m.room.message" and (sender is None or e.get("sender") == sender)
+        ]
+
+    async def room_messages(self, room_id: str, limit: int = 500) -> list[Event]:
+        """The room's history from the server (not our sync cache), oldest first."""
+        resp = await self.api.get_messages(RoomID(room_id), limit=limit)
+        chunk = [e.serialize() if hasattr(e, "serialize") else e for e in resp.events]
+        return [e for e in reversed(chunk) if e.get("type") == "m.room.message"]
+
+
+def body_is(room_id: str, sender: str, body: str) -> Callable[[Event], bool]:
+    def match(e: Event) -> bool:
+        return (
+            e.get("room_id") == room_id
+            and e.get("sender") == sender
+            and e.get("type") == "m.room.message"
+            and e.get("content", {}).get("body") == body
+        )
+
+    return match
+
+
+async def wait_joined(user: MatrixUser, room_id: str, member: str, timeout: float = 15.0) -> None:
+    await user.wait_for(
+        lambda e: e.get("room_id") == room_id
+        and e.get("type") == "m.room.member"
+        and e.get("state_key") == member
+        and e.get("content", {}).get("membership") == "join",
+        timeout,
+    )
+
+
+def run(coro: Any) -> Any:
+    return asyncio.get_event_loop().run_until_complete(coro)
