@@ -13,6 +13,7 @@ from mautrix.util.async_db import Database
 
 from bots.bot import Bot
 
+from .catchup import CatchUp
 from .clock import Clock, SystemClock
 from .config import Config
 from .db.database import open_database, redact_url
@@ -72,7 +73,13 @@ class Alcove:
         self.inbox = Inbox(
             InboxRepo(self.db), self.dispatcher.handle, self.clock, self.metrics, cfg.inbox
         )
-        endpoint = TransactionEndpoint(cfg.appservice.hs_token, self.inbox, self.metrics)
+        self.catchup = CatchUp(
+            self.gateway.recent_events, self.inbox.repo.last_received_at, self.inbox, self.clock
+        )
+        self.gateway.on_recovered = lambda: self.catchup.request("the homeserver is reachable again")
+        endpoint = TransactionEndpoint(
+            cfg.appservice.hs_token, self.inbox, self.metrics, self.catchup.request
+        )
         self.web = build_web_app(
             endpoint, self.metrics, self.refresh_metrics, cfg.appservice.max_body_size_mib
         )
@@ -91,8 +98,11 @@ class Alcove:
         log.info("Listening on %s:%d", cfg.appservice.hostname, cfg.appservice.port)
         self.web[READY]["reason"] = "checking the homeserver"
         await run_startup(self.gateway, cfg, self.clock)
+        await self.outbox.device_for(cfg.bot_user_id)  # before any send needs it
         await self.outbox.start()
         await self.inbox.start()
+        self.catchup.start()
+        self.catchup.request("start-up")
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
         self.web[READY].update(ready=True, reason="")
         self.metrics.ready.set(1)
@@ -121,14 +131,20 @@ class Alcove:
             await asyncio.gather(self._housekeeping, return_exceptions=True)
         if self.runner is not None:
             await self.runner.cleanup()
+        log.debug("web server stopped")
+        if hasattr(self, "catchup"):
+            await self.catchup.stop()
         if hasattr(self, "inbox"):
             await self.inbox.stop(timeout)
+            log.debug("inbox stopped")
         if hasattr(self, "outbox"):
             await self.outbox.stop(timeout)
+            log.debug("outbox stopped")
         if self.session is not None:
             await self.session.close()
         if self.db is not None:
             await self.db.stop()
+        log.info("Stopped")
 
 
 async def run_until_signalled(config: Config) -> None:

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,13 @@ class DevStack:
 
     def start(self, timeout: float = 120.0) -> None:
         syn = self.state_dir / "synapse"
+        port = self.dev_secrets["hs_port"]
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                raise StartupError(
+                    f"Port {port} of this dev stack is already in use: is another `alcove dev` "
+                    f"running with {self.state_dir}? Stop it, or pass another --state-dir."
+                )
         out = (syn / "stdout.log").open("ab")
         env = {k: v for k, v in os.environ.items() if not k.startswith("ALCOVE__")}
         self._process = subprocess.Popen(
@@ -231,10 +239,6 @@ class DevStack:
                 tail = (syn / "stdout.log").read_text(errors="replace")[-3000:]
                 raise StartupError(f"Synapse exited with {self._process.returncode}:\n{tail}")
             try:
-                with socket.create_connection(("127.0.0.1", self.dev_secrets["hs_port"]), 0.5):
-                    pass
-                import urllib.request
-
                 with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 (loopback)
                     if resp.status == 200:
                         return

@@ -59,6 +59,8 @@ async def wait_for_homeserver(gateway: MautrixGateway, config: Config, clock: Cl
                 ) from None
             log.info("Waiting for the homeserver at %s (%s)", config.homeserver.address, e)
         except PermanentError as e:
+            if e.status in (401, 403):
+                return  # it answered; the token is checked next, with a better message
             raise StartupError(
                 f"{config.homeserver.address} answered /versions with {e.status}: is it a Matrix "
                 "homeserver's client API address?"

@@ -103,6 +103,10 @@ class InboxRepo:
         assert row is not None
         return int(row["n"]), (int(row["oldest"]) if row["oldest"] is not None else None)
 
+    async def last_received_at(self) -> int | None:
+        value = await self.db.fetchval("SELECT MAX(received_at) FROM inbox_event")
+        return int(value) if value is not None else None
+
     async def prune(self, finished_before_ms: int) -> None:
         """Forget processed events once no replay can be expected (bounded dedupe window)."""
         await self.db.execute(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from json import JSONDecodeError
 from typing import Any
 from urllib.parse import quote
@@ -92,6 +94,8 @@ class MautrixGateway:
         self.metrics = metrics
         self._base_log: TraceLogger = logging.getLogger("alcove.mau")  # type: ignore[assignment]
         self.bot_api = self.api_for(bot_user_id)
+        self.unreachable = False
+        self.on_recovered: Callable[[], None] | None = None
 
     @property
     def bot_user_id(self) -> str:
@@ -135,7 +139,6 @@ class MautrixGateway:
             result = await api.request(
                 method, path, content, query_params=query, retry_count=0  # type: ignore[arg-type]
             )
-            return result if isinstance(result, dict) else {}
         except _RateLimited as e:
             self.metrics.matrix_errors.labels(kind="429").inc()
             retry = e.retry_after_ms / 1000 if e.retry_after_ms is not None else None
@@ -152,7 +155,13 @@ class MautrixGateway:
             raise PermanentError(message, status=status, errcode=errcode) from None
         except (MatrixConnectionError, ClientError, TimeoutError, OSError) as e:
             self.metrics.matrix_errors.labels(kind="connection").inc()
+            self.unreachable = True
             raise TemporaryError(f"homeserver unreachable: {e}") from None
+        if self.unreachable:
+            self.unreachable = False
+            if self.on_recovered is not None:
+                self.on_recovered()
+        return result if isinstance(result, dict) else {}
 
     # ------------------------------------------------------------------ MatrixGateway
 
@@ -213,6 +222,27 @@ class MautrixGateway:
             f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/leave",
             {},
         )
+
+    async def recent_events(self, per_room_limit: int) -> list[dict[str, Any]]:
+        """The latest timeline events of every room the bot is in, oldest first per room.
+        (Synapse refuses /sync for appservice users: /joined_rooms, then /messages per room.)"""
+        joined = await self.call(self.bot_api, Method.GET, "/_matrix/client/v3/joined_rooms")
+        rooms = [str(r) for r in joined.get("joined_rooms", [])]
+        slots = asyncio.Semaphore(8)
+
+        async def one(room_id: str) -> list[dict[str, Any]]:
+            async with slots:
+                result = await self.call(
+                    self.bot_api,
+                    Method.GET,
+                    f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/messages",
+                    query={"dir": "b", "limit": str(per_room_limit)},
+                )
+            chunk = result.get("chunk", [])
+            return [{**e, "room_id": room_id} for e in reversed(chunk) if isinstance(e, dict)]
+
+        per_room = await asyncio.gather(*(one(r) for r in rooms))
+        return [event for events in per_room for event in events]
 
     # ------------------------------------------------------------------ start-up probes
 

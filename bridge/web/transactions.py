@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -24,10 +25,18 @@ def matrix_error(status: int, errcode: str, error: str) -> web.Response:
 
 
 class TransactionEndpoint:
-    def __init__(self, hs_token: str, inbox: Inbox, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        hs_token: str,
+        inbox: Inbox,
+        metrics: Metrics,
+        on_homeserver_restart: Callable[[str], None] | None = None,
+    ) -> None:
         self._hs_token = hs_token.encode()
         self.inbox = inbox
         self.metrics = metrics
+        self.on_homeserver_restart = on_homeserver_restart
+        self._last_txn: int | None = None
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -67,9 +76,20 @@ class TransactionEndpoint:
             return matrix_error(400, "M_BAD_JSON", "Body must be an object with an events list")
         events = [e for e in body.get("events", []) if isinstance(e, dict)]
         new = await self.inbox.accept(txn_id, events)
+        self._watch_txn_ids(txn_id)
         self.metrics.transactions.labels(outcome="accepted").inc()
         log.debug("Transaction %s: %d events, %d new", txn_id, len(events), new)
         return web.json_response({})
+
+    def _watch_txn_ids(self, txn_id: str) -> None:
+        """Synapse numbers transactions upwards; a smaller number means it restarted (and may
+        have dropped events it had queued in memory)."""
+        if not txn_id.isdigit():
+            return
+        number = int(txn_id)
+        if self._last_txn is not None and number < self._last_txn and self.on_homeserver_restart:
+            self.on_homeserver_restart(f"transaction ids went back from {self._last_txn} to {number}")
+        self._last_txn = number
 
     async def ping(self, request: web.Request) -> web.Response:
         if (denied := self.check_token(request)) is not None:

@@ -14,6 +14,7 @@ from mautrix.types import (
     EventType,
     MatrixUserIdentifier,
     MessageType,
+    PaginationDirection,
     RoomCreatePreset,
     RoomID,
     TextMessageEventContent,
@@ -86,8 +87,10 @@ class MatrixUser:
 
     async def room_messages(self, room_id: str, limit: int = 500) -> list[Event]:
         """The room's history from the server (not our sync cache), oldest first."""
-        resp = await self.api.get_messages(RoomID(room_id), limit=limit)
-        chunk = [e.serialize() if hasattr(e, "serialize") else e for e in resp.events]
+        resp = await self.api.get_messages(
+            RoomID(room_id), PaginationDirection.BACKWARD, limit=limit
+        )
+        chunk: list[Event] = [e.serialize() for e in resp.events]
         return [e for e in reversed(chunk) if e.get("type") == "m.room.message"]
 
 

@@ -1,0 +1,88 @@
+"""Catch-up after a homeserver restart.
+
+Synapse queues appservice events in memory and records its stream position *before* it writes
+them into a transaction (synapse/handlers/appservice.py, appservice/scheduler.py): a Synapse
+restart drops whatever was queued but not yet sent. So whenever Alcove sees signs of a restart
+(transaction ids going backwards, the homeserver answering again after connection errors, and
+at Alcove's own start-up) it fetches the bot's recent timeline with one /sync and offers those
+events to the inbox. The inbox dedupes by event id, so only what was really missed is handled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .clock import Clock, ms
+from .inbox import Inbox
+from .matrix.gateway import MatrixSendError
+
+log = logging.getLogger("alcove.catchup")
+
+RecentEvents = Callable[[int], Awaitable[list[dict[str, Any]]]]
+LastSeen = Callable[[], Awaitable[int | None]]
+SLACK_MS = 60_000  # clocks of Alcove and Synapse need not agree to the millisecond
+
+
+class CatchUp:
+    def __init__(
+        self,
+        recent_events: RecentEvents,
+        last_seen: LastSeen,
+        inbox: Inbox,
+        clock: Clock,
+        window_seconds: float = 900.0,
+        per_room_limit: int = 50,
+    ) -> None:
+        self.recent_events = recent_events
+        self.last_seen = last_seen
+        self.inbox = inbox
+        self.clock = clock
+        self.window_ms = int(window_seconds * 1000)
+        self.per_room_limit = per_room_limit
+        self._wanted = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.runs = 0
+
+    def request(self, reason: str) -> None:
+        """Ask for a catch-up soon; several requests while one runs coalesce into one more."""
+        log.info("Catching up on missed events (%s)", reason)
+        self._wanted.set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="catchup")
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wanted.wait()
+            self._wanted.clear()
+            try:
+                await self.run_once()
+            except MatrixSendError as e:
+                log.warning("Catch-up failed (%s); will try again on the next signal", e)
+            except Exception:
+                log.exception("Catch-up failed")
+
+    async def run_once(self) -> int:
+        """Offer recent events to the inbox: those after (shortly before) the newest event the
+        inbox has received, and never older than the window. Nothing seen yet: nothing to do."""
+        last = await self.last_seen()
+        if last is None:
+            return 0
+        since = max(ms(self.clock) - self.window_ms, last - SLACK_MS)
+        events = await self.recent_events(self.per_room_limit)
+        recent = [e for e in events if int(e.get("origin_server_ts", 0)) >= since]
+        new = await self.inbox.accept("catch-up", recent) if recent else 0
+        self.runs += 1
+        if new:
+            log.warning("Catch-up found %d events the homeserver never delivered", new)
+        return new
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
