@@ -58,7 +58,9 @@ class Bot:
 
     async def on_message(self, event: dict[str, Any]) -> None:
         content = event.get("content") or {}
-        if content.get("msgtype") not in ("m.text", None) or not isinstance(content.get("body"), str):
+        if content.get("msgtype") not in ("m.text", None) or not isinstance(
+            content.get("body"), str
+        ):
             return
         sender = event["sender"]
         room_id = event["room_id"]

@@ -54,7 +54,7 @@ class Alcove:
         self.db = await open_database(cfg.database)
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=60, connect=10),
-            connector=aiohttp.TCPConnector(limit=100, ssl=None if cfg.homeserver.verify_ssl else False),
+            connector=aiohttp.TCPConnector(limit=100, ssl=cfg.homeserver.verify_ssl),
         )
         self.gateway = MautrixGateway(
             self.session,
@@ -76,7 +76,9 @@ class Alcove:
         self.catchup = CatchUp(
             self.gateway.recent_events, self.inbox.repo.last_received_at, self.inbox, self.clock
         )
-        self.gateway.on_recovered = lambda: self.catchup.request("the homeserver is reachable again")
+        self.gateway.on_recovered = lambda: self.catchup.request(
+            "the homeserver is reachable again"
+        )
         endpoint = TransactionEndpoint(
             cfg.appservice.hs_token, self.inbox, self.metrics, self.catchup.request
         )

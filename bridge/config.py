@@ -144,7 +144,7 @@ class _Section:
             return default
         return self.data[name]
 
-    def str(self, name: str, default: Any = ..., *, placeholder_ok: bool = False) -> str:
+    def text(self, name: str, default: Any = ..., *, placeholder_ok: bool = False) -> str:
         value = self.raw(name, default)
         if not isinstance(value, str | int | float) or isinstance(value, bool):
             raise ConfigError(self.key(name), f"must be a string, got {type(value).__name__}")
@@ -158,7 +158,7 @@ class _Section:
             )
         return text
 
-    def int(self, name: str, default: Any = ..., *, low: int = 0, high: int = 2**31) -> int:
+    def integer(self, name: str, default: Any = ..., *, low: int = 0, high: int = 2**31) -> int:
         value = self.raw(name, default)
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():
             value = int(value)
@@ -168,7 +168,7 @@ class _Section:
             raise ConfigError(self.key(name), f"must be between {low} and {high}, got {value}")
         return value
 
-    def float(self, name: str, default: Any = ..., *, low: float = 0.0) -> float:
+    def number(self, name: str, default: Any = ..., *, low: float = 0.0) -> float:
         value = self.raw(name, default)
         try:
             number = float(value)
@@ -178,7 +178,7 @@ class _Section:
             raise ConfigError(self.key(name), f"must be at least {low}, got {number}")
         return number
 
-    def bool(self, name: str, default: Any = ...) -> bool:
+    def flag(self, name: str, default: Any = ...) -> bool:
         value = self.raw(name, default)
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
             return value.lower() in ("true", "yes")
@@ -186,8 +186,12 @@ class _Section:
             raise ConfigError(self.key(name), f"must be true or false, got {value!r}")
         return value
 
-    def choice(self, name: str, choices: tuple[str, ...], default: Any = ...) -> str:
-        value = self.str(name, default)
+    def choice(
+        self, name: str, choices: tuple[str, ...], default: Any = ..., *, upper: bool = False
+    ) -> str:
+        value = self.text(name, default)
+        if upper:
+            value = value.upper()
         if value not in choices:
             raise ConfigError(self.key(name), f"must be one of {', '.join(choices)}, got {value!r}")
         return value
@@ -212,19 +216,21 @@ def _read(section: _Section, build: Callable[[_Section], T]) -> T:
 
 def _homeserver(s: _Section) -> HomeserverConfig:
     address = _url(s, "address")
-    domain = s.str("domain")
+    domain = s.text("domain")
     if "/" in domain or " " in domain:
-        raise ConfigError(s.key("domain"), f"must be a server name like matrix.clinic.org, got {domain!r}")
+        raise ConfigError(
+            s.key("domain"), f"must be a server name like matrix.clinic.org, got {domain!r}"
+        )
     return HomeserverConfig(
         address=address,
         domain=domain,
-        verify_ssl=s.bool("verify_ssl", True),
-        startup_timeout=s.float("startup_timeout", 60.0),
+        verify_ssl=s.flag("verify_ssl", True),
+        startup_timeout=s.number("startup_timeout", 60.0),
     )
 
 
 def _url(s: _Section, name: str) -> str:
-    value = s.str(name).rstrip("/")
+    value = s.text(name).rstrip("/")
     parsed = urlparse(value)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise ConfigError(s.key(name), f"must be an http(s):// URL, got {value!r}")
@@ -232,18 +238,18 @@ def _url(s: _Section, name: str) -> str:
 
 
 def _appservice(s: _Section, base: Path, need_tokens: bool) -> AppserviceConfig:
-    bot_localpart = s.str("bot_localpart", "alcove")
+    bot_localpart = s.text("bot_localpart", "alcove")
     if not _LOCALPART.match(bot_localpart):
         raise ConfigError(s.key("bot_localpart"), "may only use a-z, 0-9 and ._=-/")
-    prefix = s.str("client_prefix", "c-")
+    prefix = s.text("client_prefix", "c-")
     if not _LOCALPART.match(prefix):
         raise ConfigError(s.key("client_prefix"), "may only use a-z, 0-9 and ._=-/")
     if bot_localpart.startswith(prefix):
         raise ConfigError(s.key("bot_localpart"), f"must not start with client_prefix {prefix!r}")
-    registration = base / s.str("registration", "registration.yaml")
-    doublepuppet = base / s.str("doublepuppet_registration", "doublepuppet-registration.yaml")
-    as_token = s.str("as_token", FROM_REGISTRATION)
-    hs_token = s.str("hs_token", FROM_REGISTRATION)
+    registration = base / s.text("registration", "registration.yaml")
+    doublepuppet = base / s.text("doublepuppet_registration", "doublepuppet-registration.yaml")
+    as_token = s.text("as_token", FROM_REGISTRATION)
+    hs_token = s.text("hs_token", FROM_REGISTRATION)
     if FROM_REGISTRATION in (as_token, hs_token):
         if need_tokens or registration.exists():
             tokens = _tokens_from_registration(registration, s.key("registration"))
@@ -254,18 +260,18 @@ def _appservice(s: _Section, base: Path, need_tokens: bool) -> AppserviceConfig:
         if hs_token == FROM_REGISTRATION:
             hs_token = tokens[1]
     return AppserviceConfig(
-        id=s.str("id", "alcove"),
+        id=s.text("id", "alcove"),
         address=_url(s, "address"),
-        hostname=s.str("hostname", "127.0.0.1"),
-        port=s.int("port", 29340, low=1, high=65535),
+        hostname=s.text("hostname", "127.0.0.1"),
+        port=s.integer("port", 29340, low=1, high=65535),
         bot_localpart=bot_localpart,
-        bot_displayname=s.str("bot_displayname", "Alcove"),
+        bot_displayname=s.text("bot_displayname", "Alcove"),
         client_prefix=prefix,
         as_token=as_token,
         hs_token=hs_token,
         registration=registration,
         doublepuppet_registration=doublepuppet,
-        max_body_size_mib=s.int("max_body_size_mib", 64, low=10, high=1024),
+        max_body_size_mib=s.integer("max_body_size_mib", 64, low=10, high=1024),
     )
 
 
@@ -284,7 +290,7 @@ def _tokens_from_registration(path: Path, key: str) -> tuple[str, str]:
 
 
 def _database(s: _Section, base: Path) -> DatabaseConfig:
-    url = s.str("url", "sqlite:alcove.db")
+    url = s.text("url", "sqlite:alcove.db")
     scheme = url.split(":", 1)[0]
     if scheme in ("sqlite", "sqlite3"):
         path = url.split(":", 1)[1].removeprefix("//")
@@ -299,13 +305,13 @@ def _database(s: _Section, base: Path) -> DatabaseConfig:
         )
     return DatabaseConfig(
         url=url,
-        min_size=s.int("min_size", 1, low=1, high=100),
-        max_size=s.int("max_size", 10, low=1, high=100),
+        min_size=s.integer("min_size", 1, low=1, high=100),
+        max_size=s.integer("max_size", 10, low=1, high=100),
     )
 
 
 def _practice(s: _Section) -> PracticeConfig:
-    tz_name = s.str("timezone", "UTC")
+    tz_name = s.text("timezone", "UTC")
     try:
         tz = ZoneInfo(tz_name)
     except (ZoneInfoNotFoundError, ValueError):
@@ -313,9 +319,9 @@ def _practice(s: _Section) -> PracticeConfig:
             s.key("timezone"), f"unknown time zone {tz_name!r}; use an IANA name like Europe/London"
         ) from None
     return PracticeConfig(
-        name=s.str("name"),
+        name=s.text("name"),
         timezone=tz,
-        welcome=s.str(
+        welcome=s.text(
             "welcome",
             "Hello {client_first_name}, this is your private conversation with "
             "{therapist_name} at {practice_name}.",
@@ -332,7 +338,7 @@ def _staff(data: Any, domain: str) -> tuple[StaffMember, ...]:
     seen: set[str] = set()
     for index, item in enumerate(data):
         s = _Section(item, f"staff[{index}]")
-        user_id = s.str("user_id")
+        user_id = s.text("user_id")
         if not _USER_ID.match(user_id):
             raise ConfigError(s.key("user_id"), f"must be a Matrix ID like @name:{domain}")
         if user_id.split(":", 1)[1] != domain:
@@ -343,7 +349,7 @@ def _staff(data: Any, domain: str) -> tuple[StaffMember, ...]:
         members.append(
             StaffMember(
                 user_id=user_id,
-                displayname=s.str("displayname", user_id[1:].split(":", 1)[0]),
+                displayname=s.text("displayname", user_id[1:].split(":", 1)[0]),
                 role=s.choice("role", ROLES),
             )
         )
@@ -354,17 +360,17 @@ def _staff(data: Any, domain: str) -> tuple[StaffMember, ...]:
 def _logging(s: _Section, base: Path) -> LoggingConfig:
     file = s.raw("file", None)
     return LoggingConfig(
-        level=s.choice("level", LOG_LEVELS, "INFO").upper(),
+        level=s.choice("level", LOG_LEVELS, "INFO", upper=True),
         file=(base / str(file)) if file else None,
     )
 
 
 def _inbox(s: _Section) -> InboxConfig:
     return InboxConfig(
-        max_attempts=s.int("max_attempts", 5, low=1, high=100),
-        retry_base_seconds=s.float("retry_base_seconds", 1.0, low=0.01),
-        concurrency=s.int("concurrency", 32, low=1, high=1000),
-        keep_done_hours=s.float("keep_done_hours", 24.0),
+        max_attempts=s.integer("max_attempts", 5, low=1, high=100),
+        retry_base_seconds=s.number("retry_base_seconds", 1.0, low=0.01),
+        concurrency=s.integer("concurrency", 32, low=1, high=1000),
+        keep_done_hours=s.number("keep_done_hours", 24.0),
     )
 
 
@@ -412,10 +418,16 @@ def apply_env(data: Any, environ: Mapping[str, str]) -> Any:
                 else:
                     node = node[idx]
             else:
+                if not isinstance(node, dict):
+                    raise ConfigError(
+                        where, f"environment variable {name}: {where} is not a section"
+                    )
                 if last:
                     node[part] = value
                 else:
-                    node = node.setdefault(part, {})
+                    if node.get(part) is None:  # absent, or present but empty in the file
+                        node[part] = {}
+                    node = node[part]
             where = f"{where}.{part}" if where else part
     return data
 

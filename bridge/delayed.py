@@ -33,7 +33,9 @@ class DelayQueue(Generic[T]):
             self._task = asyncio.create_task(self._run(), name=f"delay:{self.name}")
 
     def add(self, delay: float, item: T) -> None:
-        heapq.heappush(self._heap, (self.clock.monotonic() + max(0.0, delay), next(self._counter), item))
+        heapq.heappush(
+            self._heap, (self.clock.monotonic() + max(0.0, delay), next(self._counter), item)
+        )
         self._changed.set()
 
     async def _run(self) -> None:
@@ -58,4 +60,5 @@ class DelayQueue(Generic[T]):
 
 def backoff(attempt: int, base: float, cap: float = 300.0) -> float:
     """Exponential backoff: base, 2*base, 4*base ... capped."""
-    return float(min(cap, base * (2 ** max(0, attempt - 1))))
+    exponent = min(max(0, attempt - 1), 62)  # 2**62 * any sane base is past any cap
+    return float(min(cap, base * (2**exponent)))

@@ -52,10 +52,18 @@ class Inbox:
 
     async def accept(self, txn_id: str, events: list[dict[str, Any]]) -> int:
         """Persist a transaction's room events. Returns how many were new."""
-        valid = [e for e in events if isinstance(e.get("event_id"), str) and isinstance(e.get("room_id"), str)]
+        valid = [
+            e
+            for e in events
+            if isinstance(e.get("event_id"), str) and isinstance(e.get("room_id"), str)
+        ]
         if len(valid) != len(events):
             self.metrics.inbox_events.labels(outcome="malformed").inc(len(events) - len(valid))
-            log.warning("Transaction %s: ignored %d events without event_id/room_id", txn_id, len(events) - len(valid))
+            log.warning(
+                "Transaction %s: ignored %d events without event_id/room_id",
+                txn_id,
+                len(events) - len(valid),
+            )
         async with self._lock:
             new = await self.repo.add(txn_id, valid, ms(self.clock))
             self.metrics.inbox_events.labels(outcome="received").inc(len(new))
@@ -112,7 +120,10 @@ class Inbox:
         if attempts >= self.config.max_attempts:
             log.error(
                 "Event %s in %s failed %d times, giving up: %s",
-                row.event_id, row.room_id, attempts, type(error).__name__,
+                row.event_id,
+                row.room_id,
+                attempts,
+                type(error).__name__,
                 exc_info=error,
             )
             await self.repo.mark_failed(row.seq, attempts, ms(self.clock), reason)
@@ -121,8 +132,12 @@ class Inbox:
         delay = backoff(attempts, self.config.retry_base_seconds)
         log.warning(
             "Event %s in %s failed (attempt %d/%d, %s); retrying in %.1fs",
-            row.event_id, row.room_id, attempts, self.config.max_attempts,
-            type(error).__name__, delay,
+            row.event_id,
+            row.room_id,
+            attempts,
+            self.config.max_attempts,
+            type(error).__name__,
+            delay,
         )
         log.debug("Failure detail for %s", row.event_id, exc_info=error)
         next_at = ms(self.clock) + int(delay * 1000)
@@ -130,13 +145,17 @@ class Inbox:
         self.metrics.inbox_events.labels(outcome="retried").inc()
         self.retries.add(
             delay,
-            InboxRow(row.seq, row.event_id, row.room_id, row.event, attempts, next_at, row.received_at),
+            InboxRow(
+                row.seq, row.event_id, row.room_id, row.event, attempts, next_at, row.received_at
+            ),
         )
 
     async def refresh_metrics(self) -> None:
         depth, oldest = await self.repo.depth()
         self.metrics.inbox_depth.set(depth)
-        self.metrics.inbox_oldest_age.set(max(0.0, (ms(self.clock) - oldest) / 1000) if oldest else 0)
+        self.metrics.inbox_oldest_age.set(
+            max(0.0, (ms(self.clock) - oldest) / 1000) if oldest else 0
+        )
 
     async def prune(self) -> None:
         await self.repo.prune(ms(self.clock) - int(self.config.keep_done_hours * 3600 * 1000))

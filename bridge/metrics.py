@@ -10,7 +10,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.inbox_depth = Gauge("alcove_inbox_depth", "Events persisted but not processed yet", registry=r)
+        self.inbox_depth = Gauge(
+            "alcove_inbox_depth", "Events persisted but not processed yet", registry=r
+        )
         self.inbox_oldest_age = Gauge(
             "alcove_inbox_oldest_unprocessed_age_seconds",
             "Age of the oldest unprocessed inbox event (0 when empty)",
@@ -20,19 +22,26 @@ class Metrics:
             "alcove_inbox_events_total", "Inbox events by outcome", ["outcome"], registry=r
         )
         self.transactions = Counter(
-            "alcove_transactions_total", "Appservice transactions by outcome", ["outcome"], registry=r
+            "alcove_transactions_total",
+            "Appservice transactions by outcome",
+            ["outcome"],
+            registry=r,
         )
         self.handler_seconds = Histogram(
             "alcove_event_handler_seconds", "Time to handle one inbox event", registry=r
         )
-        self.outbox_sent = Counter("alcove_outbox_sent_total", "Messages the homeserver accepted", registry=r)
+        self.outbox_sent = Counter(
+            "alcove_outbox_sent_total", "Messages the homeserver accepted", registry=r
+        )
         self.outbox_retries = Counter(
             "alcove_outbox_retries_total", "Outbox sends retried after an error", registry=r
         )
         self.outbox_failed = Counter(
             "alcove_outbox_failed_total", "Outbox messages given up on", registry=r
         )
-        self.outbox_pending = Gauge("alcove_outbox_pending", "Outbox messages not sent yet", registry=r)
+        self.outbox_pending = Gauge(
+            "alcove_outbox_pending", "Outbox messages not sent yet", registry=r
+        )
         self.matrix_errors = Counter(
             "alcove_matrix_api_errors_total", "Matrix API errors by kind", ["kind"], registry=r
         )

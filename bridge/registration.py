@@ -8,6 +8,7 @@ so the operator's config is never rewritten.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 from dataclasses import dataclass
@@ -61,7 +62,7 @@ def doublepuppet_registration(config: Config, as_token: str) -> dict[str, Any]:
         "as_token": as_token,
         # Synapse never pushes to a url-less registration; this token is never used.
         "hs_token": new_token(),
-        "sender_localpart": f"{config.appservice.bot_localpart}-doublepuppet-{secrets.token_hex(4)}",
+        "sender_localpart": f"{config.appservice.bot_localpart}-puppet-{secrets.token_hex(4)}",
         "rate_limited": False,
         "namespaces": {"users": [{"regex": f"^@.*:{domain}$", "exclusive": False}]},
     }
@@ -99,8 +100,10 @@ def write_registrations(config: Config, force: bool = False) -> Written:
 def _write_private(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.chmod(0o600)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
     tmp.replace(path)
 
 

@@ -39,7 +39,7 @@ def not_admin_message(config: Config) -> str:
     return (
         f"The bot {bot} is not a server admin; Alcove needs that to create client accounts "
         "and purge session rooms. Make it one with the admin API as an existing admin: "
-        f"PUT /_synapse/admin/v2/users/{bot} {{\"admin\": true}}, or in Synapse's database: "
+        f'PUT /_synapse/admin/v2/users/{bot} {{"admin": true}}, or in Synapse\'s database: '
         f"UPDATE users SET admin = 1 WHERE name = '{bot}';"
     )
 
@@ -87,7 +87,9 @@ async def check_admin(gateway: MautrixGateway, config: Config) -> None:
     try:
         await gateway.ensure_registered(config.appservice.bot_localpart)
     except PermanentError as e:
-        raise StartupError(f"Could not register the bot account {config.bot_user_id}: {e}") from None
+        raise StartupError(
+            f"Could not register the bot account {config.bot_user_id}: {e}"
+        ) from None
     admin = await gateway.is_server_admin(config.bot_user_id)
     if admin is False:
         raise StartupError(not_admin_message(config))

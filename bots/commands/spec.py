@@ -34,6 +34,11 @@ class CommandSpec:
         return role in self.roles
 
     def role_phrase(self) -> str:
-        names = {"therapist": "therapists", "care": "care staff", "admin": "admins", "client": "clients"}
+        names = {
+            "therapist": "therapists",
+            "care": "care staff",
+            "admin": "admins",
+            "client": "clients",
+        }
         parts = [names[r] for r in self.roles]
         return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]

@@ -30,7 +30,7 @@ def create_database(config: DatabaseConfig) -> Database:
         config.url,
         upgrade_table=upgrade_table,
         db_args=db_args,
-        log=logging.getLogger("alcove.db.sql"),  # type: ignore[arg-type]
+        log=logging.getLogger("alcove.db.sql"),
         owner_name="alcove",
     )
 

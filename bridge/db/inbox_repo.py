@@ -49,13 +49,25 @@ class InboxRepo:
             " next_attempt_at, received_at) VALUES ($1, $2, $3, $4, $5, 0, $6, $6)"
             " ON CONFLICT (event_id) DO NOTHING RETURNING seq"
         )
-        async with self.db.acquire() as conn, conn.transaction():
-            for event in events:
-                seq = await conn.fetchval(
-                    q, event["event_id"], event["room_id"], txn_id, json.dumps(event), PENDING, now_ms
-                )
-                if seq is not None:
-                    new.append(InboxRow(seq, event["event_id"], event["room_id"], event, 0, now_ms, now_ms))
+        db: Any = self.db  # mautrix annotates acquire() as the connection, not a context manager
+        async with db.acquire() as conn:
+            async with conn.transaction():
+                for event in events:
+                    seq = await conn.fetchval(
+                        q,
+                        event["event_id"],
+                        event["room_id"],
+                        txn_id,
+                        json.dumps(event),
+                        PENDING,
+                        now_ms,
+                    )
+                    if seq is not None:
+                        new.append(
+                            InboxRow(
+                                seq, event["event_id"], event["room_id"], event, 0, now_ms, now_ms
+                            )
+                        )
         return new
 
     async def pending(self) -> list[InboxRow]:
@@ -71,7 +83,9 @@ class InboxRepo:
         await self.db.execute(
             "UPDATE inbox_event SET status = $1, body = NULL, finished_at = $2, error = NULL"
             " WHERE seq = $3",
-            DONE, now_ms, seq,
+            DONE,
+            now_ms,
+            seq,
         )
 
     async def delete(self, seq: int) -> None:
@@ -80,18 +94,27 @@ class InboxRepo:
     async def mark_retry(self, seq: int, attempts: int, next_attempt_at: int, error: str) -> None:
         await self.db.execute(
             "UPDATE inbox_event SET attempts = $1, next_attempt_at = $2, error = $3 WHERE seq = $4",
-            attempts, next_attempt_at, error, seq,
+            attempts,
+            next_attempt_at,
+            error,
+            seq,
         )
 
     async def mark_failed(self, seq: int, attempts: int, now_ms: int, error: str) -> None:
         await self.db.execute(
             "UPDATE inbox_event SET status = $1, attempts = $2, body = NULL, finished_at = $3,"
             " error = $4 WHERE seq = $5",
-            FAILED, attempts, now_ms, error, seq,
+            FAILED,
+            attempts,
+            now_ms,
+            error,
+            seq,
         )
 
     async def status_of(self, event_id: str) -> str | None:
-        value = await self.db.fetchval("SELECT status FROM inbox_event WHERE event_id = $1", event_id)
+        value = await self.db.fetchval(
+            "SELECT status FROM inbox_event WHERE event_id = $1", event_id
+        )
         return str(value) if value is not None else None
 
     async def depth(self) -> tuple[int, int | None]:
@@ -111,5 +134,6 @@ class InboxRepo:
         """Forget processed events once no replay can be expected (bounded dedupe window)."""
         await self.db.execute(
             "DELETE FROM inbox_event WHERE status <> $1 AND finished_at < $2",
-            PENDING, finished_before_ms,
+            PENDING,
+            finished_before_ms,
         )

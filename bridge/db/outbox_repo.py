@@ -71,7 +71,14 @@ class OutboxRepo:
             "INSERT INTO outbox (key, sender, room_id, event_type, content, txn_id, status,"
             " attempts, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $8)"
             " ON CONFLICT (key) DO NOTHING RETURNING seq",
-            key, sender, room_id, event_type, json.dumps(content), txn_id, PENDING, now_ms,
+            key,
+            sender,
+            room_id,
+            event_type,
+            json.dumps(content),
+            txn_id,
+            PENDING,
+            now_ms,
         )
         row = await self.get(key)
         assert row is not None
@@ -92,20 +99,29 @@ class OutboxRepo:
         await self.db.execute(
             "UPDATE outbox SET status = $1, event_id = $2, sent_at = $3, content = NULL,"
             " error = NULL WHERE seq = $4",
-            SENT, event_id, now_ms, seq,
+            SENT,
+            event_id,
+            now_ms,
+            seq,
         )
 
     async def mark_retry(self, seq: int, attempts: int, next_attempt_at: int, error: str) -> None:
         await self.db.execute(
             "UPDATE outbox SET attempts = $1, next_attempt_at = $2, error = $3 WHERE seq = $4",
-            attempts, next_attempt_at, error, seq,
+            attempts,
+            next_attempt_at,
+            error,
+            seq,
         )
 
     async def mark_failed(self, seq: int, attempts: int, error: str) -> None:
         await self.db.execute(
             "UPDATE outbox SET status = $1, attempts = $2, content = NULL, error = $3"
             " WHERE seq = $4",
-            FAILED, attempts, error, seq,
+            FAILED,
+            attempts,
+            error,
+            seq,
         )
 
     async def count(self, status: str) -> int:
@@ -128,5 +144,6 @@ class DeviceRepo:
         await self.db.execute(
             "INSERT INTO acting_device (user_id, device_id) VALUES ($1, $2)"
             " ON CONFLICT (user_id) DO UPDATE SET device_id = $2",
-            user_id, device_id,
+            user_id,
+            device_id,
         )

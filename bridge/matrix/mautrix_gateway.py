@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 from aiohttp import ClientError, ClientResponse, ClientSession, ContentTypeError
-from mautrix.api import Method, Path
+from mautrix.api import Method, Path, PathBuilder
 from mautrix.appservice import AppServiceAPI
 from mautrix.errors import MatrixConnectionError, MatrixRequestError, make_request_error
 from mautrix.types import JSON, UserID
@@ -27,11 +27,13 @@ DEVICE_NAME = "Alcove"
 
 
 class _RateLimited(MatrixRequestError):
-    def __init__(self, status: int, errcode: str | None, message: str, retry_after_ms: int | None):
+    def __init__(
+        self, status: int, errcode: str | None, message: str, retry_after_ms: int | None
+    ) -> None:
         super().__init__(message or "rate limited")
         self.http_status = status
-        self.errcode = errcode
-        self.message = message
+        self.errcode = errcode or ""
+        self.message = message or ""
         self.retry_after_ms = retry_after_ms
 
 
@@ -137,7 +139,7 @@ class MautrixGateway:
         """One request; errors become TemporaryError / PermanentError."""
         try:
             result = await api.request(
-                method, path, content, query_params=query, retry_count=0  # type: ignore[arg-type]
+                method, PathBuilder(path), content, query_params=query, retry_count=0
             )
         except _RateLimited as e:
             self.metrics.matrix_errors.labels(kind="429").inc()
@@ -207,12 +209,17 @@ class MautrixGateway:
             )
             return True
         except MatrixSendError as e:
-            log.warning("Cannot create device %s for %s (%s): resends may duplicate", device_id, user_id, e)
+            log.warning(
+                "Cannot create device %s for %s (%s): resends may duplicate", device_id, user_id, e
+            )
             return False
 
     async def join_room(self, user_id: str, room_id: str) -> None:
         await self.call(
-            self.api_for(user_id), Method.POST, f"/_matrix/client/v3/join/{quote(room_id, safe='')}", {}
+            self.api_for(user_id),
+            Method.POST,
+            f"/_matrix/client/v3/join/{quote(room_id, safe='')}",
+            {},
         )
 
     async def leave_room(self, user_id: str, room_id: str) -> None:
@@ -268,7 +275,11 @@ class MautrixGateway:
                 self.bot_api,
                 Method.POST,
                 "/_matrix/client/v3/register",
-                {"type": "m.login.application_service", "username": localpart, "inhibit_login": True},
+                {
+                    "type": "m.login.application_service",
+                    "username": localpart,
+                    "inhibit_login": True,
+                },
             )
         except PermanentError as e:
             if e.errcode != "M_USER_IN_USE":

@@ -117,10 +117,19 @@ class Outbox:
             if attempts >= self.max_attempts:
                 await self._give_up(row, attempts, str(e))
                 return
-            delay = e.retry_after if e.retry_after is not None else backoff(attempts, self.retry_base_seconds)
+            delay = (
+                e.retry_after
+                if e.retry_after is not None
+                else backoff(attempts, self.retry_base_seconds)
+            )
             log.warning(
                 "Send %s to %s failed (%s, attempt %d/%d); retrying in %.1fs",
-                row.txn_id, row.room_id, e.status or "network", attempts, self.max_attempts, delay,
+                row.txn_id,
+                row.room_id,
+                e.status or "network",
+                attempts,
+                self.max_attempts,
+                delay,
             )
             self.metrics.outbox_retries.inc()
             next_at = ms(self.clock) + int(delay * 1000)
@@ -137,7 +146,13 @@ class Outbox:
         self._resolve(_with(row, status=SENT, event_id=event_id, content=None, attempts=attempts))
 
     async def _give_up(self, row: OutboxRow, attempts: int, reason: str) -> None:
-        log.error("Giving up on message %s to %s after %d attempts: %s", row.txn_id, row.room_id, attempts, reason)
+        log.error(
+            "Giving up on message %s to %s after %d attempts: %s",
+            row.txn_id,
+            row.room_id,
+            attempts,
+            reason,
+        )
         await self.repo.mark_failed(row.seq, attempts, reason[:500])
         self.metrics.outbox_failed.inc()
         self._resolve(_with(row, status="failed", error=reason, content=None, attempts=attempts))

@@ -88,7 +88,9 @@ class TransactionEndpoint:
             return
         number = int(txn_id)
         if self._last_txn is not None and number < self._last_txn and self.on_homeserver_restart:
-            self.on_homeserver_restart(f"transaction ids went back from {self._last_txn} to {number}")
+            self.on_homeserver_restart(
+                f"transaction ids went back from {self._last_txn} to {number}"
+            )
         self._last_txn = number
 
     async def ping(self, request: web.Request) -> web.Response:

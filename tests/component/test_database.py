@@ -15,7 +15,7 @@ async def test_migrated_to_latest(db: Database) -> None:
     version = await db.fetchval("SELECT version FROM alcove_version")
     assert version == len(upgrade_table.upgrades)
     for table in ("inbox_event", "outbox", "acting_device"):
-        assert await db.fetchval(f"SELECT COUNT(*) FROM {table}") == 0  # noqa: S608
+        assert await db.fetchval(f"SELECT COUNT(*) FROM {table}") == 0
 
 
 async def test_reopen_is_idempotent(db_url: str, db: Database) -> None:
@@ -39,5 +39,8 @@ async def test_newer_schema_is_refused(db_url: str, db: Database) -> None:
 
 
 def test_redact_url_hides_password() -> None:
-    assert redact_url("postgres://alcove:s3cret@db:5432/alcove") == "postgres://alcove:***@db:5432/alcove"
+    assert (
+        redact_url("postgres://alcove:s3cret@db:5432/alcove")
+        == "postgres://alcove:***@db:5432/alcove"
+    )
     assert redact_url("sqlite:/var/lib/alcove.db") == "sqlite:/var/lib/alcove.db"

@@ -18,7 +18,11 @@ BOT = "@alcove:test.local"
 
 def make_outbox(db: Database, gw: RecordingGateway, **kw: float) -> Outbox:
     return Outbox(
-        OutboxRepo(db), DeviceRepo(db), gw, FakeClock(), Metrics(),
+        OutboxRepo(db),
+        DeviceRepo(db),
+        gw,
+        FakeClock(),
+        Metrics(),
         retry_base_seconds=kw.get("retry_base_seconds", 0.01),
         max_attempts=int(kw.get("max_attempts", 4)),
     )
@@ -117,7 +121,9 @@ async def test_queued_before_a_crash_is_sent_exactly_once_after(db: Database) ->
     await crashed.send("k2", BOT, "!r:x", text("two"))
     gw = RecordingGateway()
     # Before the crash, "one" actually reached the homeserver (response lost): same txn id.
-    await gw.send_event(BOT, "!r:x", "m.room.message", text("one"), txn_id_for(BOT, "k1"), DEVICE_ID)
+    await gw.send_event(
+        BOT, "!r:x", "m.room.message", text("one"), txn_id_for(BOT, "k1"), DEVICE_ID
+    )
     outbox = make_outbox(db, gw)
     assert await outbox.start() == 2
     await outbox.join()

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from mautrix.util.async_db import Database
 
@@ -33,7 +34,7 @@ AUTH = {"Authorization": f"Bearer {HS_TOKEN}"}
 
 @dataclass
 class Stack:
-    client: TestClient
+    client: TestClient[web.Request, web.Application]
     inbox: Inbox
     outbox: Outbox
     gateway: RecordingGateway
@@ -47,16 +48,23 @@ class Stack:
 
 @pytest.fixture
 async def stack(db: Database, tmp_path: Path) -> AsyncIterator[Stack]:
-    config = make_config(tmp_path, appservice={
-        "address": "http://127.0.0.1:29340", "as_token": "a", "hs_token": HS_TOKEN,
-        "max_body_size_mib": 10,
-    })
+    config = make_config(
+        tmp_path,
+        appservice={
+            "address": "http://127.0.0.1:29340",
+            "as_token": "a",
+            "hs_token": HS_TOKEN,
+            "max_body_size_mib": 10,
+        },
+    )
     metrics = Metrics()
     clock = FakeClock()
     gateway = RecordingGateway(bot_user_id=config.bot_user_id)
     outbox = Outbox(OutboxRepo(db), DeviceRepo(db), gateway, clock, metrics)
     bot = Bot(config, gateway, outbox)
-    inbox = Inbox(InboxRepo(db), Dispatcher(config.bot_user_id, bot).handle, clock, metrics, config.inbox)
+    inbox = Inbox(
+        InboxRepo(db), Dispatcher(config.bot_user_id, bot).handle, clock, metrics, config.inbox
+    )
     endpoint = TransactionEndpoint(HS_TOKEN, inbox, metrics)
 
     async def refresh() -> None:
@@ -85,7 +93,9 @@ async def test_missing_token_401_wrong_token_403(stack: Stack) -> None:
     resp = await stack.client.put(url, json={"events": []})
     assert resp.status == 401
     assert (await resp.json())["errcode"] == "M_UNAUTHORIZED"
-    resp = await stack.client.put(url, json={"events": []}, headers={"Authorization": "Bearer nope"})
+    resp = await stack.client.put(
+        url, json={"events": []}, headers={"Authorization": "Bearer nope"}
+    )
     assert resp.status == 403
     assert (await resp.json())["errcode"] == "M_FORBIDDEN"
     resp = await stack.client.put(url + "?access_token=nope", json={"events": []})
@@ -95,9 +105,7 @@ async def test_missing_token_401_wrong_token_403(stack: Stack) -> None:
 
 
 async def test_bad_json_is_400_and_nothing_is_stored(stack: Stack, db: Database) -> None:
-    resp = await stack.client.put(
-        "/_matrix/app/v1/transactions/2", data=b"{not json", headers=AUTH
-    )
+    resp = await stack.client.put("/_matrix/app/v1/transactions/2", data=b"{not json", headers=AUTH)
     assert resp.status == 400
     assert (await resp.json())["errcode"] == "M_NOT_JSON"
     resp = await stack.client.put("/_matrix/app/v1/transactions/3", json=[1, 2], headers=AUTH)
@@ -108,14 +116,16 @@ async def test_bad_json_is_400_and_nothing_is_stored(stack: Stack, db: Database)
 async def test_ten_mib_accepted_larger_than_limit_413(stack: Stack, db: Database) -> None:
     big = json.dumps({"events": [message("!r:x", "@someone:x", "x" * (10 * 1024 * 1024 - 4096))]})
     resp = await stack.client.put(
-        "/_matrix/app/v1/transactions/big", data=io.BytesIO(big.encode()),
+        "/_matrix/app/v1/transactions/big",
+        data=io.BytesIO(big.encode()),
         headers={**AUTH, "Content-Type": "application/json"},
     )
     assert resp.status == 200
     assert await db.fetchval("SELECT COUNT(*) FROM inbox_event") == 1
     huge = json.dumps({"events": [message("!r:x", "@someone:x", "x" * (11 * 1024 * 1024))]})
     resp = await stack.client.put(
-        "/_matrix/app/v1/transactions/huge", data=io.BytesIO(huge.encode()),
+        "/_matrix/app/v1/transactions/huge",
+        data=io.BytesIO(huge.encode()),
         headers={**AUTH, "Content-Type": "application/json"},
     )
     assert resp.status == 413
@@ -165,7 +175,7 @@ async def test_bot_ignores_its_own_messages(stack: Stack) -> None:
 async def test_health_ready_metrics(stack: Stack) -> None:
     assert (await stack.client.get("/health")).status == 200
     assert (await stack.client.get("/ready")).status == 200
-    stack.client.app[READY]["ready"] = False  # type: ignore[index]
+    stack.client.app[READY]["ready"] = False
     assert (await stack.client.get("/ready")).status == 503
     await put_txn(stack, "20", [message("!dm:x", THERAPIST, "!ping")])
     await stack.settle()
@@ -182,7 +192,9 @@ async def test_health_ready_metrics(stack: Stack) -> None:
 
 
 async def test_appservice_ping_and_queries(stack: Stack) -> None:
-    resp = await stack.client.post("/_matrix/app/v1/ping", json={"transaction_id": "t"}, headers=AUTH)
+    resp = await stack.client.post(
+        "/_matrix/app/v1/ping", json={"transaction_id": "t"}, headers=AUTH
+    )
     assert resp.status == 200
     resp = await stack.client.post("/_matrix/app/v1/ping", json={})
     assert resp.status == 401

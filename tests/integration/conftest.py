@@ -71,7 +71,11 @@ async def alcove(
     synapse: DevStack, proxy: FaultProxy, db_url: str, tmp_path: Path
 ) -> AsyncIterator[AlcoveProcess]:
     process = AlcoveProcess(
-        synapse.config_path, proxy.url, db_url, synapse.dev_secrets["as_port"], tmp_path / "alcove.log"
+        synapse.config_path,
+        proxy.url,
+        db_url,
+        synapse.dev_secrets["as_port"],
+        tmp_path / "alcove.log",
     )
     await process.start()
     yield process

@@ -8,7 +8,9 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from mautrix.util.async_db import Database
@@ -29,13 +31,29 @@ async def dm_with_bot(user: MatrixUser) -> str:
     return room
 
 
+def invite_of_bot(room: str) -> Callable[[dict[str, Any]], bool]:
+    def match(e: dict[str, Any]) -> bool:
+        return (
+            e.get("room_id") == room
+            and e.get("type") == "m.room.member"
+            and e.get("state_key") == BOT
+            and e["content"].get("membership") == "invite"
+        )
+
+    return match
+
+
 async def pongs(user: MatrixUser, room: str) -> list[str]:
-    return [e["event_id"] for e in await user.room_messages(room) if e["content"].get("body") == "pong"]
+    return [
+        e["event_id"] for e in await user.room_messages(room) if e["content"].get("body") == "pong"
+    ]
 
 
-async def wait_status(db: Database, table: str, column: str, value: str, status: str, timeout: float = 15) -> None:
+async def wait_status(
+    db: Database, table: str, column: str, value: str, status: str, timeout: float = 15
+) -> None:
     for _ in range(int(timeout * 20)):
-        got = await db.fetchval(f"SELECT status FROM {table} WHERE {column} = $1", value)  # noqa: S608
+        got = await db.fetchval(f"SELECT status FROM {table} WHERE {column} = $1", value)
         if got == status:
             return
         await asyncio.sleep(0.05)
@@ -49,13 +67,18 @@ async def test_ping_and_help_round_trip(alcove: AlcoveProcess, therapist: Matrix
     assert pong["content"]["msgtype"] == "m.notice"
     await therapist.send_text(room, "!help")
     help_ = await therapist.wait_for(
-        lambda e: e.get("room_id") == room and e.get("sender") == BOT
-        and "Commands you can use" in e.get("content", {}).get("body", "")
+        lambda e: (
+            e.get("room_id") == room
+            and e.get("sender") == BOT
+            and "Commands you can use" in e.get("content", {}).get("body", "")
+        )
     )
     assert "!ping" in help_["content"]["body"]
     await therapist.send_text(room, "!nonsense")
     unknown = await therapist.wait_for(
-        lambda e: e.get("room_id") == room and "Unknown command" in e.get("content", {}).get("body", "")
+        lambda e: (
+            e.get("room_id") == room and "Unknown command" in e.get("content", {}).get("body", "")
+        )
     )
     assert "!help" in unknown["content"]["body"]
 
@@ -98,10 +121,7 @@ async def test_kill9_with_events_in_the_inbox_loses_nothing(
     rooms, invites = [], []
     for _ in range(2):
         room = await therapist.create_dm(BOT)
-        event = await therapist.wait_for(
-            lambda e, r=room: e.get("room_id") == r and e.get("type") == "m.room.member"
-            and e.get("state_key") == BOT and e["content"].get("membership") == "invite"
-        )
+        event = await therapist.wait_for(invite_of_bot(room))
         rooms.append(room)
         invites.append(event["event_id"])
     for event_id in invites:  # persisted (Synapse got its 200) but not processed
@@ -153,7 +173,10 @@ async def test_crash_after_send_before_ack_sends_exactly_once(
     proxy.drop_connections()
     await alcove.start()  # resends the same txn id from the same device: Synapse dedupes
     await wait_status(alcove_db, "outbox", "key", key, "sent")
-    assert await alcove_db.fetchval("SELECT event_id FROM outbox WHERE key = $1", key) == first["event_id"]
+    assert (
+        await alcove_db.fetchval("SELECT event_id FROM outbox WHERE key = $1", key)
+        == first["event_id"]
+    )
     await asyncio.sleep(1.0)
     assert await pongs(therapist, room) == [first["event_id"]]
 
@@ -162,11 +185,17 @@ async def test_sigterm_shuts_down_cleanly(alcove: AlcoveProcess) -> None:
     assert alcove.terminate() == 0
 
 
-def run_cli(args: list[str], env_extra: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    args: list[str], env_extra: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALCOVE__")}
     env.update(env_extra)
     return subprocess.run(
-        [sys.executable, "-m", "bridge", *args], env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "bridge", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -174,25 +203,36 @@ async def test_wrong_token_says_what_to_fix(synapse: DevStack, db_url: str) -> N
     result = await asyncio.to_thread(
         run_cli,
         ["run", "-c", str(synapse.config_path)],
-        {"ALCOVE__APPSERVICE__AS_TOKEN": "not-the-token", "ALCOVE__DATABASE__URL": db_url,
-         "ALCOVE__APPSERVICE__PORT": str(free_port())},
+        {
+            "ALCOVE__APPSERVICE__AS_TOKEN": "not-the-token",
+            "ALCOVE__DATABASE__URL": db_url,
+            "ALCOVE__APPSERVICE__PORT": str(free_port()),
+        },
     )
     assert result.returncode == 1
     assert "app_service_config_files" in result.stderr
 
 
-async def test_homeserver_down_says_what_to_fix(synapse: DevStack, db_url: str, tmp_path: Path) -> None:
+async def test_homeserver_down_says_what_to_fix(
+    synapse: DevStack, db_url: str, tmp_path: Path
+) -> None:
     result = await asyncio.to_thread(
         run_cli,
         ["run", "-c", str(synapse.config_path)],
-        {"ALCOVE__HOMESERVER__ADDRESS": "http://127.0.0.1:9", "ALCOVE__HOMESERVER__STARTUP_TIMEOUT": "1",
-         "ALCOVE__DATABASE__URL": db_url, "ALCOVE__APPSERVICE__PORT": str(free_port())},
+        {
+            "ALCOVE__HOMESERVER__ADDRESS": "http://127.0.0.1:9",
+            "ALCOVE__HOMESERVER__STARTUP_TIMEOUT": "1",
+            "ALCOVE__DATABASE__URL": db_url,
+            "ALCOVE__APPSERVICE__PORT": str(free_port()),
+        },
     )
     assert result.returncode == 1
     assert "Cannot reach the homeserver at http://127.0.0.1:9" in result.stderr
 
 
-async def test_doctor_passes_against_the_running_stack(alcove: AlcoveProcess, synapse: DevStack, db_url: str) -> None:
+async def test_doctor_passes_against_the_running_stack(
+    alcove: AlcoveProcess, synapse: DevStack, db_url: str
+) -> None:
     result = await asyncio.to_thread(
         run_cli, ["doctor", "-c", str(synapse.config_path)], {"ALCOVE__DATABASE__URL": db_url}
     )
@@ -203,7 +243,8 @@ async def test_doctor_passes_against_the_running_stack(alcove: AlcoveProcess, sy
 
 async def test_doctor_reports_wrong_token(synapse: DevStack, db_url: str) -> None:
     result = await asyncio.to_thread(
-        run_cli, ["doctor", "-c", str(synapse.config_path)],
+        run_cli,
+        ["doctor", "-c", str(synapse.config_path)],
         {"ALCOVE__DATABASE__URL": db_url, "ALCOVE__APPSERVICE__AS_TOKEN": "wrong"},
     )
     assert result.returncode == 1

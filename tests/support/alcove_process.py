@@ -14,7 +14,9 @@ import aiohttp
 
 
 class AlcoveProcess:
-    def __init__(self, config_path: Path, homeserver_url: str, db_url: str, port: int, log_path: Path) -> None:
+    def __init__(
+        self, config_path: Path, homeserver_url: str, db_url: str, port: int, log_path: Path
+    ) -> None:
         self.config_path = config_path
         self.homeserver_url = homeserver_url
         self.db_url = db_url
@@ -35,14 +37,18 @@ class AlcoveProcess:
         out = self.log_path.with_suffix(".stderr").open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bridge", "run", "-c", str(self.config_path)],
-            env=self._env(), stdout=out, stderr=subprocess.STDOUT,
+            env=self._env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
         out.close()
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as http:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"Alcove exited with {self.proc.returncode}:\n{self.output()}")
+                    raise RuntimeError(
+                        f"Alcove exited with {self.proc.returncode}:\n{self.output()}"
+                    )
                 try:
                     async with http.get(f"http://127.0.0.1:{self.port}/ready") as resp:
                         if resp.status == 200:

@@ -91,7 +91,5 @@ class RecordingGateway:
 
     def bodies(self, room_id: str | None = None) -> list[str]:
         return [
-            str(s.content.get("body"))
-            for s in self.sent
-            if room_id is None or s.room_id == room_id
+            str(s.content.get("body")) for s in self.sent if room_id is None or s.room_id == room_id
         ]

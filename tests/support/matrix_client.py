@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from mautrix.client import ClientAPI
 from mautrix.types import (
     EventType,
-    MatrixUserIdentifier,
     MessageType,
     PaginationDirection,
     RoomCreatePreset,
@@ -34,7 +33,7 @@ class MatrixUser:
 
     async def login(self, password: str) -> MatrixUser:
         await self.api.login(
-            identifier=MatrixUserIdentifier(user=self.user_id),
+            identifier=UserID(self.user_id),
             password=password,
             store_access_token=True,
         )
@@ -49,7 +48,9 @@ class MatrixUser:
 
     async def send_text(self, room_id: str, text: str) -> str:
         content = TextMessageEventContent(msgtype=MessageType.TEXT, body=text)
-        return str(await self.api.send_message_event(RoomID(room_id), EventType.ROOM_MESSAGE, content))
+        return str(
+            await self.api.send_message_event(RoomID(room_id), EventType.ROOM_MESSAGE, content)
+        )
 
     async def sync(self, timeout_ms: int = 0) -> list[Event]:
         """One /sync; returns new timeline events and records them per room."""
@@ -81,7 +82,8 @@ class MatrixUser:
 
     def messages_in(self, room_id: str, sender: str | None = None) -> list[Event]:
         return [
-            e for e in self.timeline.get(room_id, [])
+            e
+            for e in self.timeline.get(room_id, [])
             if e.get("type") == "m.room.message" and (sender is None or e.get("sender") == sender)
         ]
 
@@ -90,7 +92,9 @@ class MatrixUser:
         resp = await self.api.get_messages(
             RoomID(room_id), PaginationDirection.BACKWARD, limit=limit
         )
-        chunk: list[Event] = [e.serialize() for e in resp.events]
+        # PaginatedMessages is a functional NamedTuple that mypy cannot read.
+        events = cast(list[Any], resp.events)  # type: ignore[attr-defined]
+        chunk: list[Event] = [e.serialize() for e in events]
         return [e for e in reversed(chunk) if e.get("type") == "m.room.message"]
 
 
@@ -108,10 +112,12 @@ def body_is(room_id: str, sender: str, body: str) -> Callable[[Event], bool]:
 
 async def wait_joined(user: MatrixUser, room_id: str, member: str, timeout: float = 15.0) -> None:
     await user.wait_for(
-        lambda e: e.get("room_id") == room_id
-        and e.get("type") == "m.room.member"
-        and e.get("state_key") == member
-        and e.get("content", {}).get("membership") == "join",
+        lambda e: (
+            e.get("room_id") == room_id
+            and e.get("type") == "m.room.member"
+            and e.get("state_key") == member
+            and e.get("content", {}).get("membership") == "join"
+        ),
         timeout,
     )
 

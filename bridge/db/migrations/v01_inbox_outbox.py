@@ -18,7 +18,6 @@ def _serial(scheme: Scheme) -> str:
     return "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
 
 
-@upgrade_table.register(description="Durable inbox, outbox and acting-user devices")
 async def upgrade_v1(conn: Connection, scheme: Scheme) -> None:
     await conn.execute(
         f"""CREATE TABLE inbox_event (
@@ -61,3 +60,6 @@ async def upgrade_v1(conn: Connection, scheme: Scheme) -> None:
             device_id TEXT NOT NULL
         )"""
     )
+
+
+upgrade_table.register(upgrade_v1, description="Durable inbox, outbox and acting-user devices")
