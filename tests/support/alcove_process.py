@@ -15,8 +15,15 @@ import aiohttp
 
 class AlcoveProcess:
     def __init__(
-        self, config_path: Path, homeserver_url: str, db_url: str, port: int, log_path: Path
+        self,
+        config_path: Path,
+        homeserver_url: str,
+        db_url: str,
+        port: int,
+        log_path: Path,
+        log_level: str = "DEBUG",
     ) -> None:
+        self.log_level = log_level
         self.config_path = config_path
         self.homeserver_url = homeserver_url
         self.db_url = db_url
@@ -28,7 +35,7 @@ class AlcoveProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ALCOVE__")}
         env["ALCOVE__HOMESERVER__ADDRESS"] = self.homeserver_url
         env["ALCOVE__DATABASE__URL"] = self.db_url
-        env["ALCOVE__LOGGING__LEVEL"] = "DEBUG"
+        env["ALCOVE__LOGGING__LEVEL"] = self.log_level
         env["ALCOVE__LOGGING__FILE"] = str(self.log_path)
         return env
 

@@ -4,6 +4,7 @@ the way Element would: log in, create rooms, send, and long-poll /sync for what 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -24,8 +25,20 @@ Event = dict[str, Any]
 
 
 class MatrixUser:
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, user_id: str) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        user_id: str,
+        *,
+        ignore_own_messages: bool = False,
+    ) -> None:
+        """``ignore_own_messages`` syncs with a ``not_senders: [me]`` filter, so /sync wakes only
+        for what others send (how a benchmark waits for a reply without counting its own echo)."""
         self.user_id = user_id
+        self.filter: str | None = None
+        if ignore_own_messages:
+            self.filter = json.dumps({"room": {"timeline": {"not_senders": [user_id]}}})
         self.api = ClientAPI(UserID(user_id), base_url=base_url, client_session=session)
         self.since: str | None = None
         self.timeline: dict[str, list[Event]] = {}
@@ -54,7 +67,11 @@ class MatrixUser:
 
     async def sync(self, timeout_ms: int = 0) -> list[Event]:
         """One /sync; returns new timeline events and records them per room."""
-        data: dict[str, Any] = await self.api.sync(since=self.since, timeout=timeout_ms)  # type: ignore[arg-type]
+        data: dict[str, Any] = await self.api.sync(
+            since=self.since,  # type: ignore[arg-type]
+            timeout=timeout_ms,
+            filter_id=self.filter,  # type: ignore[arg-type]
+        )
         self.since = data.get("next_batch")
         new: list[Event] = []
         rooms = data.get("rooms", {})

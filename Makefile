@@ -1,0 +1,39 @@
+# The two commands a newcomer needs:  make run   and   make test
+# Everything else (virtualenv, dependencies, Synapse) is installed from this repository's files.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: run test lint install clean bench
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## run: a throwaway Synapse + Alcove on 127.0.0.1 (state in .alcove-dev/), Ctrl-C stops both
+run: $(STAMP)
+	$(BIN)/alcove dev --state-dir .alcove-dev
+
+## lint: ruff (lint + format check) and mypy (strict, tests included)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## test: lint and types first, then every test on SQLite and PostgreSQL, with a real Synapse
+test: lint
+	scripts/ensure-postgres
+	$(BIN)/pytest
+
+## bench: round-trip benchmark against a throwaway Synapse (not part of test)
+bench: $(STAMP)
+	$(BIN)/python -m bench.rtt
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
