@@ -22,6 +22,7 @@ from .db.outbox_repo import DeviceRepo, OutboxRepo
 from .dispatch import Dispatcher
 from .errors import StartupError
 from .inbox import Inbox
+from .matrix.gateway import MatrixSendError
 from .matrix.mautrix_gateway import MautrixGateway
 from .matrix.outbox import Outbox
 from .metrics import Metrics
@@ -68,13 +69,13 @@ class Alcove:
         self.outbox = Outbox(
             OutboxRepo(self.db), DeviceRepo(self.db), self.gateway, self.clock, self.metrics
         )
-        self.bot = Bot(cfg, self.gateway, self.outbox)
+        self.bot = Bot(cfg, self.gateway, self.outbox, self.db, self.clock)
         self.dispatcher = Dispatcher(cfg.bot_user_id, self.bot, f"@{cfg.appservice.client_prefix}")
         self.inbox = Inbox(
             InboxRepo(self.db), self.dispatcher.handle, self.clock, self.metrics, cfg.inbox
         )
         self.catchup = CatchUp(
-            self.gateway.recent_events, self.inbox.repo.last_received_at, self.inbox, self.clock
+            self.gateway.recent_events, self.inbox.repo.received_range, self.inbox, self.clock
         )
         self.gateway.on_recovered = lambda: self.catchup.request(
             "the homeserver is reachable again"
@@ -105,6 +106,10 @@ class Alcove:
         await self.inbox.start()
         self.catchup.start()
         self.catchup.request("start-up")
+        try:
+            await self.bot.start()
+        except MatrixSendError as e:
+            log.error("Could not set up the staff rooms (%s); will try again at the next start", e)
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
         self.web[READY].update(ready=True, reason="")
         self.metrics.ready.set(1)

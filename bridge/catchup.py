@@ -22,7 +22,7 @@ from .matrix.gateway import MatrixSendError
 log = logging.getLogger("alcove.catchup")
 
 RecentEvents = Callable[[int], Awaitable[list[dict[str, Any]]]]
-LastSeen = Callable[[], Awaitable[int | None]]
+SeenRange = Callable[[], Awaitable[tuple[int, int] | None]]
 SLACK_MS = 60_000  # clocks of Alcove and Synapse need not agree to the millisecond
 
 
@@ -30,14 +30,14 @@ class CatchUp:
     def __init__(
         self,
         recent_events: RecentEvents,
-        last_seen: LastSeen,
+        seen_range: SeenRange,
         inbox: Inbox,
         clock: Clock,
         window_seconds: float = 900.0,
         per_room_limit: int = 50,
     ) -> None:
         self.recent_events = recent_events
-        self.last_seen = last_seen
+        self.seen_range = seen_range
         self.inbox = inbox
         self.clock = clock
         self.window_ms = int(window_seconds * 1000)
@@ -67,12 +67,14 @@ class CatchUp:
                 log.exception("Catch-up failed")
 
     async def run_once(self) -> int:
-        """Offer recent events to the inbox: those after (shortly before) the newest event the
-        inbox has received, and never older than the window. Nothing seen yet: nothing to do."""
-        last = await self.last_seen()
-        if last is None:
+        """Offer recent events to the inbox: those from shortly before the newest event the inbox
+        has received, never older than the window, and never from before this database's first
+        event (a new install does not act on history). Nothing seen yet: nothing to do."""
+        seen = await self.seen_range()
+        if seen is None:
             return 0
-        since = max(ms(self.clock) - self.window_ms, last - SLACK_MS)
+        first, last = seen
+        since = max(ms(self.clock) - self.window_ms, last - SLACK_MS, first)
         events = await self.recent_events(self.per_room_limit)
         recent = [e for e in events if int(e.get("origin_server_ts", 0)) >= since]
         new = await self.inbox.accept("catch-up", recent) if recent else 0

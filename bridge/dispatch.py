@@ -10,7 +10,9 @@ log = logging.getLogger("alcove.dispatch")
 
 
 class EventSink(Protocol):
-    async def on_invite(self, room_id: str, inviter: str) -> None: ...
+    async def on_invite(self, room_id: str, inviter: str, content: dict[str, Any]) -> None: ...
+
+    async def on_member(self, event: dict[str, Any]) -> None: ...
 
     async def on_message(self, event: dict[str, Any]) -> None: ...
 
@@ -28,8 +30,12 @@ class Dispatcher:
             return
         if etype == "m.room.member":
             content = event.get("content") or {}
-            if event.get("state_key") == self.bot_user_id and content.get("membership") == "invite":
-                await self.sink.on_invite(event["room_id"], sender)
+            if event.get("state_key") == self.bot_user_id:
+                if content.get("membership") == "invite":
+                    await self.sink.on_invite(event["room_id"], sender, content)
+                return
+            if sender != self.bot_user_id:
+                await self.sink.on_member(event)
             return
         if etype == "m.room.message":
             if sender == self.bot_user_id:

@@ -36,6 +36,9 @@ class KeyedWorkers(Generic[T]):
             self._idle.clear()
             self._tasks[key] = asyncio.create_task(self._drain(key), name=f"{self.name}:{key}")
 
+    def stopping(self) -> bool:
+        return not self._accepting
+
     @property
     def queued(self) -> int:
         return sum(len(q) for q in self._queues.values())
@@ -46,6 +49,8 @@ class KeyedWorkers(Generic[T]):
             while queue and self._accepting:
                 item = queue[0]
                 async with self._slots:
+                    if self.stopping():
+                        break  # stop() came while this lane waited for a slot
                     try:
                         await self.handler(item)
                     except asyncio.CancelledError:

@@ -17,9 +17,13 @@ log = logging.getLogger("alcove.commands")
 ReplyFactory = Callable[[str], Callable[[str], Awaitable[None]]]
 
 
+Refused = Callable[[str, str, str], Awaitable[None]]
+
+
 class CommandRouter:
-    def __init__(self, registry: CommandRegistry) -> None:
+    def __init__(self, registry: CommandRegistry, on_refused: Refused | None = None) -> None:
         self.registry = registry
+        self.on_refused = on_refused
 
     async def handle(
         self,
@@ -44,6 +48,8 @@ class CommandRouter:
             return True
         if not spec.allows(role):
             log.info("Refused !%s for %s (role %s)", spec.name, sender, role)
+            if self.on_refused is not None:
+                await self.on_refused(sender, spec.name, room_id)
             await reply(f"Only {spec.role_phrase()} can use !{spec.name}.")
             return True
         if isinstance(parsed, ParseError):

@@ -126,9 +126,14 @@ class InboxRepo:
         assert row is not None
         return int(row["n"]), (int(row["oldest"]) if row["oldest"] is not None else None)
 
-    async def last_received_at(self) -> int | None:
-        value = await self.db.fetchval("SELECT MAX(received_at) FROM inbox_event")
-        return int(value) if value is not None else None
+    async def received_range(self) -> tuple[int, int] | None:
+        """(first, last) received_at of the events still on record; None when empty."""
+        row = await self.db.fetchrow(
+            "SELECT MIN(received_at) AS first, MAX(received_at) AS last FROM inbox_event"
+        )
+        if row is None or row["first"] is None:
+            return None
+        return int(row["first"]), int(row["last"])
 
     async def prune(self, finished_before_ms: int) -> None:
         """Forget processed events once no replay can be expected (bounded dedupe window)."""

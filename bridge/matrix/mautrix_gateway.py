@@ -251,6 +251,97 @@ class MautrixGateway:
         per_room = await asyncio.gather(*(one(r) for r in rooms))
         return [event for events in per_room for event in events]
 
+    def can_act_as(self, user_id: str) -> bool:
+        return self.owns(user_id) or bool(self.doublepuppet_token)
+
+    async def register_user(self, localpart: str) -> str:
+        await self.ensure_registered(localpart)
+        return f"@{localpart}:{self._bot_user_id.split(':', 1)[1]}"
+
+    async def set_password(self, user_id: str, password: str) -> None:
+        await self.call(
+            self.bot_api,
+            Method.PUT,
+            f"/_synapse/admin/v2/users/{quote(user_id, safe='')}",
+            {"password": password, "logout_devices": False},
+        )
+
+    async def create_room(self, body: dict[str, Any]) -> str:
+        result = await self.call(self.bot_api, Method.POST, "/_matrix/client/v3/createRoom", body)
+        room_id = result.get("room_id")
+        if not isinstance(room_id, str):
+            raise TemporaryError("createRoom answered without a room_id")
+        return room_id
+
+    def _room(self, room_id: str) -> str:
+        return f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}"
+
+    async def invite(self, room_id: str, user_id: str) -> None:
+        try:
+            await self.call(
+                self.bot_api, Method.POST, f"{self._room(room_id)}/invite", {"user_id": user_id}
+            )
+        except PermanentError as e:
+            if e.status == 403 and "already in the room" in str(e):
+                return  # idempotent: already joined
+            raise
+
+    async def kick(self, room_id: str, user_id: str, reason: str) -> None:
+        await self.call(
+            self.bot_api,
+            Method.POST,
+            f"{self._room(room_id)}/kick",
+            {"user_id": user_id, "reason": reason},
+        )
+
+    async def forget(self, user_id: str, room_id: str) -> None:
+        await self.call(self.api_for(user_id), Method.POST, f"{self._room(room_id)}/forget", {})
+
+    async def send_state(
+        self, sender: str, room_id: str, event_type: str, state_key: str, content: dict[str, Any]
+    ) -> str:
+        path = (
+            f"{self._room(room_id)}/state/{quote(event_type, safe='')}/{quote(state_key, safe='')}"
+        )
+        result = await self.call(self.api_for(sender), Method.PUT, path, content)
+        return str(result.get("event_id", ""))
+
+    async def get_state(
+        self, room_id: str, event_type: str, state_key: str = ""
+    ) -> dict[str, Any] | None:
+        path = (
+            f"{self._room(room_id)}/state/{quote(event_type, safe='')}/{quote(state_key, safe='')}"
+        )
+        try:
+            return await self.call(self.bot_api, Method.GET, path)
+        except PermanentError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def _account_data(self, user_id: str, data_type: str) -> str:
+        user = quote(user_id, safe="")
+        return f"/_matrix/client/v3/user/{user}/account_data/{quote(data_type, safe='')}"
+
+    async def get_account_data(self, user_id: str, data_type: str) -> dict[str, Any] | None:
+        try:
+            return await self.call(
+                self.api_for(user_id), Method.GET, self._account_data(user_id, data_type)
+            )
+        except PermanentError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    async def set_account_data(self, user_id: str, data_type: str, content: dict[str, Any]) -> None:
+        await self.call(
+            self.api_for(user_id), Method.PUT, self._account_data(user_id, data_type), content
+        )
+
+    async def joined_members(self, room_id: str) -> list[str]:
+        result = await self.call(self.bot_api, Method.GET, f"{self._room(room_id)}/joined_members")
+        return sorted(result.get("joined", {}))
+
     # ------------------------------------------------------------------ start-up probes
 
     async def versions(self) -> dict[str, Any]:

@@ -61,7 +61,7 @@ async def stack(db: Database, tmp_path: Path) -> AsyncIterator[Stack]:
     clock = FakeClock()
     gateway = RecordingGateway(bot_user_id=config.bot_user_id)
     outbox = Outbox(OutboxRepo(db), DeviceRepo(db), gateway, clock, metrics)
-    bot = Bot(config, gateway, outbox)
+    bot = Bot(config, gateway, outbox, db, clock)
     inbox = Inbox(
         InboxRepo(db), Dispatcher(config.bot_user_id, bot).handle, clock, metrics, config.inbox
     )

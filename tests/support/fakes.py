@@ -85,9 +85,79 @@ class RecordingGateway:
 
     async def join_room(self, user_id: str, room_id: str) -> None:
         self.joined.append((user_id, room_id))
+        self.members.setdefault(room_id, set()).add(user_id)
 
     async def leave_room(self, user_id: str, room_id: str) -> None:
         self.left.append((user_id, room_id))
+
+    rooms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """createRoom bodies by room id."""
+    members: dict[str, set[str]] = field(default_factory=dict)
+    state: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    account_data: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    registered: list[str] = field(default_factory=list)
+    passwords: dict[str, str] = field(default_factory=dict)
+    displaynames: dict[str, str] = field(default_factory=dict)
+    kicked: list[tuple[str, str]] = field(default_factory=list)
+    forgotten: list[tuple[str, str]] = field(default_factory=list)
+    invited: list[tuple[str, str]] = field(default_factory=list)
+    doublepuppet: bool = True
+    existing_users: set[str] = field(default_factory=set)
+
+    def can_act_as(self, user_id: str) -> bool:
+        return user_id == self.bot_user_id or user_id.startswith("@c-") or self.doublepuppet
+
+    async def register_user(self, localpart: str) -> str:
+        user_id = f"@{localpart}:{self.bot_user_id.split(':', 1)[1]}"
+        self.registered.append(user_id)
+        self.existing_users.add(user_id)
+        return user_id
+
+    async def set_password(self, user_id: str, password: str) -> None:
+        self.passwords[user_id] = password
+
+    async def set_displayname(self, user_id: str, name: str) -> None:
+        self.displaynames[user_id] = name
+
+    async def create_room(self, body: dict[str, Any]) -> str:
+        room_id = f"!room{len(self.rooms)}:test.local"
+        self.rooms[room_id] = body
+        self.members[room_id] = {self.bot_user_id}
+        for event in body.get("initial_state", []):
+            self.state[(room_id, event["type"], event.get("state_key", ""))] = event["content"]
+        if "name" in body:
+            self.state[(room_id, "m.room.name", "")] = {"name": body["name"]}
+        return room_id
+
+    async def invite(self, room_id: str, user_id: str) -> None:
+        self.invited.append((room_id, user_id))
+
+    async def kick(self, room_id: str, user_id: str, reason: str) -> None:
+        self.kicked.append((room_id, user_id))
+        self.members.get(room_id, set()).discard(user_id)
+
+    async def forget(self, user_id: str, room_id: str) -> None:
+        self.forgotten.append((user_id, room_id))
+
+    async def send_state(
+        self, sender: str, room_id: str, event_type: str, state_key: str, content: dict[str, Any]
+    ) -> str:
+        self.state[(room_id, event_type, state_key)] = content
+        return f"$state{len(self.state)}"
+
+    async def get_state(
+        self, room_id: str, event_type: str, state_key: str = ""
+    ) -> dict[str, Any] | None:
+        return self.state.get((room_id, event_type, state_key))
+
+    async def get_account_data(self, user_id: str, data_type: str) -> dict[str, Any] | None:
+        return self.account_data.get((user_id, data_type))
+
+    async def set_account_data(self, user_id: str, data_type: str, content: dict[str, Any]) -> None:
+        self.account_data[(user_id, data_type)] = content
+
+    async def user_exists(self, user_id: str) -> bool | None:
+        return user_id in self.existing_users
 
     def bodies(self, room_id: str | None = None) -> list[str]:
         return [

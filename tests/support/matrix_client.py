@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Callable
 from typing import Any, cast
+from urllib.parse import quote
 
 import aiohttp
 from mautrix.client import ClientAPI
@@ -96,6 +97,35 @@ class MatrixUser:
                 if predicate(event):
                     return event
         raise TimeoutError("no matching event arrived")
+
+    async def raw(
+        self, method: str, path: str, content: dict[str, Any] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """A client-server request as this user; returns (HTTP status, JSON body), no raising."""
+        url = f"{str(self.api.api.base_url).rstrip('/')}{path}"
+        headers = {"Authorization": f"Bearer {self.api.api.token}"}
+        async with self.api.api.session.request(method, url, json=content, headers=headers) as resp:
+            try:
+                body = await resp.json(content_type=None)
+            except ValueError:
+                body = {}
+            return resp.status, body if isinstance(body, dict) else {}
+
+    async def put_state(
+        self, room_id: str, event_type: str, state_key: str, content: dict[str, Any]
+    ) -> int:
+        path = f"/_matrix/client/v3/rooms/{quote(room_id)}/state/{event_type}/{quote(state_key)}"
+        status, _ = await self.raw("PUT", path, content)
+        return status
+
+    async def state(self, room_id: str, event_type: str, state_key: str = "") -> dict[str, Any]:
+        path = f"/_matrix/client/v3/rooms/{quote(room_id)}/state/{event_type}/{quote(state_key)}"
+        status, body = await self.raw("GET", path)
+        assert status == 200, (status, body)
+        return body
+
+    async def joined_rooms(self) -> list[str]:
+        return [str(r) for r in await self.api.get_joined_rooms()]
 
     def messages_in(self, room_id: str, sender: str | None = None) -> list[Event]:
         return [

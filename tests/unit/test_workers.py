@@ -190,3 +190,23 @@ async def test_stop_cancels_after_the_timeout_and_leaves_later_items() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
     assert "late" not in handler.started
+
+
+async def test_lanes_waiting_for_a_slot_do_not_start_after_stop() -> None:
+    started: list[str] = []
+    release = asyncio.Event()
+
+    async def handler(item: str) -> None:
+        started.append(item)
+        await release.wait()
+
+    workers: KeyedWorkers[str] = KeyedWorkers("t", handler, concurrency=1)
+    workers.submit("a", "a1")
+    workers.submit("b", "b1")  # waits for the only slot
+    await asyncio.sleep(0.01)
+    assert started == ["a1"]
+    stopping = asyncio.create_task(workers.stop(timeout=5))
+    await asyncio.sleep(0.01)
+    release.set()
+    await stopping
+    assert started == ["a1"]  # b1 stays in the database for the next start

@@ -9,6 +9,6 @@ from mautrix.util.async_db import UpgradeTable
 
 upgrade_table = UpgradeTable(version_table_name="alcove_version", database_name="Alcove")
 
-from . import v01_inbox_outbox  # noqa: E402,F401  (registration order is version order)
+from . import v01_inbox_outbox, v02_conversations  # noqa: E402,F401  (order is version order)
 
 __all__ = ["upgrade_table"]

@@ -1,0 +1,231 @@
+"""Conversation commands: !client, !group, !title. Declared here; logic in service.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...commands.confirm import Confirmations
+from ...commands.context import CommandContext
+from ...commands.spec import CommandSpec
+from .repo import DM, GROUP, Client, Room
+from .service import ClientLookupError, ConversationService
+
+THERAPIST = ("therapist",)
+
+CLIENT_USAGE = "add <full name> [--email ADDR] | list"
+GROUP_USAGE = 'create "<title>" <client> <client>... | add <client> | remove <client> | list'
+
+
+class ConversationCommands:
+    def __init__(self, service: ConversationService, confirmations: Confirmations) -> None:
+        self.service = service
+        self.confirm = confirmations
+        confirmations.register("group.add", self._confirmed_add)
+        confirmations.register("group.remove", self._confirmed_remove)
+
+    def specs(self) -> list[CommandSpec]:
+        return [
+            CommandSpec(
+                "client",
+                self.client,
+                "add a client (new account + 1:1 room), or list yours",
+                usage=CLIENT_USAGE,
+                roles=THERAPIST,
+                min_args=1,
+            ),
+            CommandSpec(
+                "group",
+                self.group,
+                "community chats where clients see each other as initials",
+                usage=GROUP_USAGE,
+                roles=THERAPIST,
+                min_args=1,
+            ),
+            CommandSpec(
+                "title",
+                self.title,
+                "rename this conversation",
+                usage="<text>",
+                roles=THERAPIST,
+                min_args=1,
+            ),
+        ]
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _in_management_room(self, ctx: CommandContext) -> bool:
+        return await self.service.management_room_for(ctx.sender) == ctx.room_id
+
+    async def _own_room(self, ctx: CommandContext, kinds: tuple[str, ...]) -> Room | None:
+        room = await self.service.repo.room(ctx.room_id)
+        if room is None or room.kind not in kinds or room.therapist_id != ctx.sender:
+            return None
+        return room
+
+    async def _client_arg(self, ctx: CommandContext, token: str) -> Client | None:
+        try:
+            return await self.service.resolve_client(ctx.sender, token)
+        except ClientLookupError as e:
+            await ctx.reply(str(e))
+            return None
+
+    # ------------------------------------------------------------------ !client
+
+    async def client(self, ctx: CommandContext) -> None:
+        sub, rest = ctx.args[0].lower(), list(ctx.args[1:])
+        if sub == "list":
+            await self._client_list(ctx)
+        elif sub == "add":
+            await self._client_add(ctx, rest)
+        else:
+            await ctx.reply(f"Usage: !client {CLIENT_USAGE}")
+
+    async def _client_add(self, ctx: CommandContext, words: list[str]) -> None:
+        email = None
+        if "--email" in words:
+            i = words.index("--email")
+            if i + 1 >= len(words) or "@" not in words[i + 1]:
+                await ctx.reply("Usage: !client add <full name> [--email ADDR]")
+                return
+            email = words[i + 1]
+            del words[i : i + 2]
+        full_name = " ".join(words).strip()
+        if not full_name or not any(ch.isalpha() for ch in full_name):
+            await ctx.reply("Usage: !client add <full name> [--email ADDR]")
+            return
+        if not await self._in_management_room(ctx):
+            await ctx.reply(
+                "Please add clients in your direct chat with me: the reply contains a password."
+            )
+            return
+        new = await self.service.add_client(ctx.sender, full_name, email, ctx.event_id)
+        await ctx.reply(
+            f"Added {new.client.full_name} as {new.client.user_id} "
+            f"(shown to other clients as {new.client.initials}).\n"
+            f"Initial password: {new.password}\n"
+            "Pass it on privately; they can change it after signing in. "
+            f"Your conversation: https://matrix.to/#/{new.room.room_id}"
+        )
+
+    async def _client_list(self, ctx: CommandContext) -> None:
+        clients = await self.service.repo.clients_of(ctx.sender)
+        if not clients:
+            await ctx.reply("You have no clients yet. Add one with !client add <full name>.")
+            return
+        lines = [f"Your clients ({len(clients)}):"]
+        for c in clients:
+            room = await self.service.repo.dm_of(ctx.sender, c.user_id)
+            link = f" — https://matrix.to/#/{room.room_id}" if room else ""
+            lines.append(f"• {c.full_name} ({c.initials}) {c.user_id}{link}")
+        await ctx.reply("\n".join(lines))
+
+    # ------------------------------------------------------------------ !group
+
+    async def group(self, ctx: CommandContext) -> None:
+        sub, rest = ctx.args[0].lower(), list(ctx.args[1:])
+        if sub == "create":
+            await self._group_create(ctx, rest)
+        elif sub in ("add", "remove"):
+            await self._group_member(ctx, sub, rest)
+        elif sub == "list":
+            await self._group_list(ctx)
+        else:
+            await ctx.reply(f"Usage: !group {GROUP_USAGE}")
+
+    async def _group_create(self, ctx: CommandContext, words: list[str]) -> None:
+        if len(words) < 2:
+            await ctx.reply('Usage: !group create "<title>" <client> <client>...')
+            return
+        title, tokens = words[0], words[1:]
+        clients: list[Client] = []
+        for token in tokens:
+            client = await self._client_arg(ctx, token)
+            if client is None:
+                return
+            if client not in clients:
+                clients.append(client)
+        room = await self.service.create_group(ctx.sender, title, clients, ctx.event_id)
+        names = ", ".join(c.initials for c in clients)
+        await ctx.reply(
+            f"Created {title!r} with {names}: https://matrix.to/#/{room.room_id}\n"
+            "Clients see each other only by initials; new members do not see earlier messages."
+        )
+
+    async def _group_member(self, ctx: CommandContext, sub: str, words: list[str]) -> None:
+        if len(words) != 1:
+            await ctx.reply(f"Usage: !group {sub} <client>")
+            return
+        room = await self._own_room(ctx, (GROUP,))
+        if room is None:
+            await ctx.reply(f"Use !group {sub} inside one of your community chats.")
+            return
+        client = await self._client_arg(ctx, words[0])
+        if client is None:
+            return
+        members = await self.service.repo.members(room.room_id)
+        if sub == "add" and client.user_id in members:
+            await ctx.reply(f"{client.full_name} is already in this chat.")
+            return
+        if sub == "remove" and client.user_id not in members:
+            await ctx.reply(f"{client.full_name} is not in this chat.")
+            return
+        verb = "Add" if sub == "add" else "Remove"
+        extra = (
+            " They will not see earlier messages."
+            if sub == "add"
+            else " They will lose access to the whole conversation."
+        )
+        await self.confirm.ask(
+            ctx,
+            f"group.{sub}",
+            {"client": client.user_id},
+            f"{verb} {client.full_name} ({client.initials}) {'to' if sub == 'add' else 'from'} "
+            f"{room.title!r}?{extra}",
+        )
+
+    async def _confirmed(
+        self, ctx: CommandContext, payload: dict[str, Any]
+    ) -> tuple[Room, Client] | None:
+        room = await self._own_room(ctx, (GROUP,))
+        client = await self.service.repo.client(str(payload.get("client")))
+        if room is None or client is None or client.therapist_id != ctx.sender:
+            await ctx.reply("That can no longer be done here.")
+            return None
+        return room, client
+
+    async def _confirmed_add(self, ctx: CommandContext, payload: dict[str, Any]) -> None:
+        found = await self._confirmed(ctx, payload)
+        if found:
+            await self.service.add_to_group(found[0], found[1], ctx.sender)
+            await ctx.reply(f"Added {found[1].initials}.")
+
+    async def _confirmed_remove(self, ctx: CommandContext, payload: dict[str, Any]) -> None:
+        found = await self._confirmed(ctx, payload)
+        if found:
+            await self.service.remove_from_group(found[0], found[1], ctx.sender)
+            await ctx.reply(f"Removed {found[1].initials}; they can no longer read this chat.")
+
+    async def _group_list(self, ctx: CommandContext) -> None:
+        groups = await self.service.groups_of(ctx.sender)
+        if not groups:
+            await ctx.reply(
+                'You have no community chats. Create one with !group create "<title>" ...'
+            )
+            return
+        lines = ["Your community chats:"]
+        lines += [
+            f"• {room.title} ({count} clients) — https://matrix.to/#/{room.room_id}"
+            for room, count in groups
+        ]
+        await ctx.reply("\n".join(lines))
+
+    # ------------------------------------------------------------------ !title
+
+    async def title(self, ctx: CommandContext) -> None:
+        room = await self._own_room(ctx, (DM, GROUP))
+        if room is None:
+            await ctx.reply("Use !title inside one of your conversations.")
+            return
+        title = " ".join(ctx.args).strip()
+        await self.service.set_title(room, title, ctx.sender)
+        await ctx.reply(f"Renamed to {title!r}.")

@@ -1,0 +1,182 @@
+"""Storage for clients and the rooms Alcove governs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mautrix.util.async_db import Database
+
+DM, GROUP, CARE, TEAM, MANAGEMENT = "dm", "group", "care", "team", "management"
+
+
+@dataclass(frozen=True)
+class Client:
+    user_id: str
+    therapist_id: str
+    full_name: str
+    initials: str
+    email: str | None
+
+    @property
+    def first_name(self) -> str:
+        return self.full_name.split()[0] if self.full_name.split() else self.full_name
+
+
+@dataclass(frozen=True)
+class Room:
+    room_id: str
+    kind: str
+    therapist_id: str | None
+    client_id: str | None
+    title: str | None
+
+
+_CLIENT = "user_id, therapist_id, full_name, initials, email"
+_ROOM = "room_id, kind, therapist_id, client_id, title"
+
+
+def _client(r: object) -> Client:
+    return Client(r["user_id"], r["therapist_id"], r["full_name"], r["initials"], r["email"])  # type: ignore[index]
+
+
+def _room(r: object) -> Room:
+    return Room(r["room_id"], r["kind"], r["therapist_id"], r["client_id"], r["title"])  # type: ignore[index]
+
+
+class ConversationRepo:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # ------------------------------------------------------------------ clients
+
+    async def add_client(self, client: Client, origin_event: str, now_ms: int) -> Client:
+        """Insert once per originating command event; a retry gets the first row back."""
+        await self.db.execute(
+            f"INSERT INTO client ({_CLIENT}, origin_event, created_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (origin_event) DO NOTHING",
+            client.user_id,
+            client.therapist_id,
+            client.full_name,
+            client.initials,
+            client.email,
+            origin_event,
+            now_ms,
+        )
+        row = await self.db.fetchrow(
+            f"SELECT {_CLIENT} FROM client WHERE origin_event = $1", origin_event
+        )
+        assert row is not None
+        return _client(row)
+
+    async def client(self, user_id: str) -> Client | None:
+        row = await self.db.fetchrow(f"SELECT {_CLIENT} FROM client WHERE user_id = $1", user_id)
+        return _client(row) if row else None
+
+    async def clients_of(self, therapist_id: str) -> list[Client]:
+        rows = await self.db.fetch(
+            f"SELECT {_CLIENT} FROM client WHERE therapist_id = $1 ORDER BY full_name, user_id",
+            therapist_id,
+        )
+        return [_client(r) for r in rows]
+
+    # ------------------------------------------------------------------ rooms
+
+    async def add_room(self, room: Room, now_ms: int, origin_event: str | None = None) -> None:
+        await self.db.execute(
+            f"INSERT INTO conv_room ({_ROOM}, origin_event, created_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (room_id) DO NOTHING",
+            room.room_id,
+            room.kind,
+            room.therapist_id,
+            room.client_id,
+            room.title,
+            origin_event,
+            now_ms,
+        )
+
+    async def room(self, room_id: str) -> Room | None:
+        row = await self.db.fetchrow(f"SELECT {_ROOM} FROM conv_room WHERE room_id = $1", room_id)
+        return _room(row) if row else None
+
+    async def room_by_origin(self, origin_event: str) -> Room | None:
+        row = await self.db.fetchrow(
+            f"SELECT {_ROOM} FROM conv_room WHERE origin_event = $1", origin_event
+        )
+        return _room(row) if row else None
+
+    async def dm_of(self, therapist_id: str, client_id: str) -> Room | None:
+        row = await self.db.fetchrow(
+            f"SELECT {_ROOM} FROM conv_room WHERE kind = $1 AND therapist_id = $2"
+            " AND client_id = $3",
+            DM,
+            therapist_id,
+            client_id,
+        )
+        return _room(row) if row else None
+
+    async def rooms_of(self, therapist_id: str | None, kind: str) -> list[Room]:
+        if therapist_id is None:
+            rows = await self.db.fetch(
+                f"SELECT {_ROOM} FROM conv_room WHERE kind = $1 ORDER BY created_at", kind
+            )
+        else:
+            rows = await self.db.fetch(
+                f"SELECT {_ROOM} FROM conv_room WHERE therapist_id = $1 AND kind = $2"
+                " ORDER BY created_at",
+                therapist_id,
+                kind,
+            )
+        return [_room(r) for r in rows]
+
+    async def set_title(self, room_id: str, title: str) -> None:
+        await self.db.execute("UPDATE conv_room SET title = $1 WHERE room_id = $2", title, room_id)
+
+    # ------------------------------------------------------------------ group members
+
+    async def add_member(self, room_id: str, client_id: str, now_ms: int) -> None:
+        await self.db.execute(
+            "INSERT INTO group_member (room_id, client_id, added_at) VALUES ($1, $2, $3)"
+            " ON CONFLICT (room_id, client_id) DO UPDATE SET removed_at = NULL, added_at = $3",
+            room_id,
+            client_id,
+            now_ms,
+        )
+
+    async def remove_member(self, room_id: str, client_id: str, now_ms: int) -> None:
+        await self.db.execute(
+            "UPDATE group_member SET removed_at = $1 WHERE room_id = $2 AND client_id = $3",
+            now_ms,
+            room_id,
+            client_id,
+        )
+
+    async def members(self, room_id: str) -> list[str]:
+        rows = await self.db.fetch(
+            "SELECT client_id FROM group_member WHERE room_id = $1 AND removed_at IS NULL"
+            " ORDER BY added_at",
+            room_id,
+        )
+        return [str(r["client_id"]) for r in rows]
+
+    async def group_rooms_of_client(self, client_id: str) -> list[str]:
+        rows = await self.db.fetch(
+            "SELECT room_id FROM group_member WHERE client_id = $1 AND removed_at IS NULL",
+            client_id,
+        )
+        return [str(r["room_id"]) for r in rows]
+
+    # ------------------------------------------------------------------ management rooms
+
+    async def set_management_room(self, user_id: str, room_id: str) -> None:
+        await self.db.execute(
+            "INSERT INTO management_room (user_id, room_id) VALUES ($1, $2)"
+            " ON CONFLICT (user_id) DO UPDATE SET room_id = $2",
+            user_id,
+            room_id,
+        )
+
+    async def management_room(self, user_id: str) -> str | None:
+        value = await self.db.fetchval(
+            "SELECT room_id FROM management_room WHERE user_id = $1", user_id
+        )
+        return str(value) if value is not None else None

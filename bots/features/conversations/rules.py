@@ -1,0 +1,158 @@
+"""Pure rules for conversations: initials, opaque IDs, power levels, room creation bodies.
+No I/O here, so every rule is unit-tested exactly."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import string
+from typing import Any
+
+THERAPIST_LEVEL = 90
+STAFF_LEVEL = 50
+BOT_ONLY = 100  # nobody but the creator (the bot, infinite power in room v12) reaches this
+ROOM_VERSION = "12"
+
+THERAPIST_ONLY_EVENTS = (
+    "m.room.name",
+    "m.room.topic",
+    "m.room.avatar",
+    "m.room.pinned_events",
+    "m.call.invite",
+    "org.matrix.msc3401.call",
+    "im.vector.modular.widgets",
+)
+BOT_ONLY_EVENTS = (
+    "m.room.power_levels",
+    "m.room.history_visibility",
+    "m.room.encryption",
+    "m.room.retention",
+    "m.room.tombstone",
+    "m.room.server_acl",
+    "m.room.join_rules",
+)
+
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def initials(full_name: str) -> str:
+    """'Jane Doe' -> 'J.D.'; 'mary-ann o'neil' -> 'M.O.'; letters only, at most 4."""
+    letters = [part[0].upper() for part in full_name.split() if part and part[0].isalpha()]
+    return "".join(f"{c}." for c in letters[:4]) or "?"
+
+
+def opaque_localpart(prefix: str, length: int = 10) -> str:
+    """A client localpart that says nothing about the person: prefix + random [a-z0-9]."""
+    return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
+
+
+def initial_password(secret: str, origin_event: str) -> str:
+    """The client's first password, derived from the command that created them: a re-run of the
+    same command after a crash gives the same password, and nothing needs to be stored. The key
+    is the appservice token, whose holder controls managed accounts anyway."""
+    digest = hmac.new(
+        secret.encode(), f"initial-password\x00{origin_event}".encode(), hashlib.sha256
+    )
+    return base64.urlsafe_b64encode(digest.digest()[:12]).decode()
+
+
+def power_levels(staff: dict[str, int]) -> dict[str, Any]:
+    """Power levels for an Alcove room. ``staff`` maps user id -> level (the bot is the room
+    creator and must not be listed in room version 12)."""
+    events: dict[str, int] = {t: THERAPIST_LEVEL for t in THERAPIST_ONLY_EVENTS}
+    events.update({t: BOT_ONLY for t in BOT_ONLY_EVENTS})
+    return {
+        "users": dict(staff),
+        "users_default": 0,
+        "events_default": 0,
+        "state_default": THERAPIST_LEVEL,
+        "invite": THERAPIST_LEVEL,
+        "kick": THERAPIST_LEVEL,
+        "ban": THERAPIST_LEVEL,
+        "redact": THERAPIST_LEVEL,
+        "events": events,
+        "notifications": {"room": THERAPIST_LEVEL},
+    }
+
+
+def _create_body(
+    *,
+    name: str,
+    invite: list[str],
+    staff: dict[str, int],
+    history: str,
+    is_direct: bool,
+    topic: str | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "room_version": ROOM_VERSION,
+        "preset": "private_chat",
+        "name": name,
+        "invite": invite,
+        "is_direct": is_direct,
+        "creation_content": {"m.federate": False},
+        "power_level_content_override": power_levels(staff),
+        "initial_state": [
+            {
+                "type": "m.room.history_visibility",
+                "state_key": "",
+                "content": {"history_visibility": history},
+            },
+            {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "invite"}},
+            {
+                "type": "m.room.guest_access",
+                "state_key": "",
+                "content": {"guest_access": "forbidden"},
+            },
+        ],
+    }
+    if topic:
+        body["topic"] = topic
+    return body
+
+
+def dm_body(therapist: str, client: str, client_full_name: str) -> dict[str, Any]:
+    """1:1 room: title = the client's name (only therapist and client are in it)."""
+    return _create_body(
+        name=client_full_name,
+        invite=[therapist, client],
+        staff={therapist: THERAPIST_LEVEL},
+        history="shared",
+        is_direct=True,
+    )
+
+
+def group_body(therapist: str, clients: list[str], title: str) -> dict[str, Any]:
+    """Community room: new members do not see earlier messages (history 'joined')."""
+    return _create_body(
+        name=title,
+        invite=[therapist, *clients],
+        staff={therapist: THERAPIST_LEVEL},
+        history="joined",
+        is_direct=False,
+    )
+
+
+def staff_room_body(name: str, staff: dict[str, int], topic: str) -> dict[str, Any]:
+    return _create_body(
+        name=name, invite=sorted(staff), staff=staff, history="shared", is_direct=False, topic=topic
+    )
+
+
+class TemplateError(ValueError):
+    pass
+
+
+def render(template: str, values: dict[str, str]) -> str:
+    """Fill {placeholders}; an unknown placeholder is an error naming it."""
+    try:
+        return template.format_map(_Strict(values))
+    except (KeyError, ValueError, IndexError) as e:
+        raise TemplateError(f"unknown or malformed placeholder {e}") from None
+
+
+class _Strict(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        raise KeyError(key)

@@ -1,0 +1,306 @@
+"""Conversations: managed clients, 1:1 rooms, community rooms, titles, staff rooms.
+
+Every flow is keyed on the command event that started it, and each step is either idempotent
+(register, invite, join, set state) or recorded before the next one (client row, room row), so
+the inbox may re-run a command after a crash or a homeserver outage without creating a second
+client or room. Messages go through the outbox with keys derived from the same event."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from bridge.clock import Clock, ms
+from bridge.config import Config
+from bridge.db.audit_repo import AuditLog
+from bridge.matrix.gateway import MatrixGateway, PermanentError
+
+from ...bot_types import Sender, notice
+from . import rules
+from .repo import CARE, DM, GROUP, TEAM, Client, ConversationRepo, Room
+
+log = logging.getLogger("alcove.conversations")
+
+
+@dataclass(frozen=True)
+class NewClient:
+    client: Client
+    password: str
+    room: Room
+
+
+class ClientLookupError(Exception):
+    """A <client> argument that matches nobody, or several people."""
+
+
+class ConversationService:
+    def __init__(
+        self,
+        config: Config,
+        gateway: MatrixGateway,
+        outbox: Sender,
+        repo: ConversationRepo,
+        audit: AuditLog,
+        clock: Clock,
+    ) -> None:
+        self.config = config
+        self.gateway = gateway
+        self.outbox = outbox
+        self.repo = repo
+        self.audit = audit
+        self.clock = clock
+
+    @property
+    def bot(self) -> str:
+        return self.gateway.bot_user_id
+
+    def staff_name(self, user_id: str) -> str:
+        member = self.config.staff_member(user_id)
+        return member.displayname if member else user_id
+
+    # ------------------------------------------------------------------ clients
+
+    async def add_client(
+        self, therapist: str, full_name: str, email: str | None, origin_event: str
+    ) -> NewClient:
+        """Managed account with an opaque ID, initials as display name, a one-time password,
+        and a 1:1 room with the welcome message."""
+        localpart = rules.opaque_localpart(self.config.appservice.client_prefix)
+        domain = self.config.homeserver.domain
+        candidate = Client(
+            user_id=f"@{localpart}:{domain}",
+            therapist_id=therapist,
+            full_name=full_name,
+            initials=rules.initials(full_name),
+            email=email,
+        )
+        client = await self.repo.add_client(candidate, origin_event, ms(self.clock))
+        created = client == candidate
+        await self.gateway.register_user(client.user_id[1:].split(":", 1)[0])
+        await self.gateway.set_displayname(client.user_id, client.initials)
+        password = rules.initial_password(self.config.appservice.as_token, origin_event)
+        await self.gateway.set_password(client.user_id, password)
+        if created:
+            await self.audit.record(therapist, "client.created", client.user_id)
+        room = await self.open_dm(therapist, client, origin_event)
+        return NewClient(client, password, room)
+
+    async def resolve_client(self, therapist: str, token: str) -> Client:
+        """An opaque ID (full or localpart) or a unique prefix of the full name."""
+        clients = await self.repo.clients_of(therapist)
+        wanted = token.strip().lower()
+        by_id = [
+            c
+            for c in clients
+            if wanted in (c.user_id.lower(), c.user_id[1:].split(":", 1)[0].lower())
+        ]
+        if by_id:
+            return by_id[0]
+        matches = [c for c in clients if c.full_name.lower().startswith(wanted)]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise ClientLookupError(f"No client of yours matches {token!r}. See !client list.")
+        listed = ", ".join(f"{c.full_name} ({c.user_id})" for c in matches[:5])
+        raise ClientLookupError(f"{token!r} matches several clients: {listed}. Use the ID.")
+
+    # ------------------------------------------------------------------ 1:1 rooms
+
+    async def open_dm(self, therapist: str, client: Client, origin_event: str) -> Room:
+        room = await self.repo.dm_of(therapist, client.user_id)
+        if room is None:
+            room_id = await self.gateway.create_room(
+                rules.dm_body(therapist, client.user_id, client.full_name)
+            )
+            room = Room(room_id, DM, therapist, client.user_id, client.full_name)
+            await self.repo.add_room(room, ms(self.clock), origin_event)
+            await self.audit.record(therapist, "room.created", client.user_id, room_id, kind=DM)
+        await self.gateway.join_room(client.user_id, room.room_id)
+        await self._mark_direct(client.user_id, therapist, room.room_id)
+        speaker = await self._join_staff_if_possible(therapist, room.room_id)
+        if speaker == therapist:
+            await self._mark_direct(therapist, client.user_id, room.room_id)
+        await self._welcome(room, therapist, client, speaker)
+        return room
+
+    async def _join_staff_if_possible(self, staff: str, room_id: str) -> str:
+        """Accept the invite for a staff member through the double puppet when it is installed
+        and the account exists (never act as an unknown account). Returns who should speak."""
+        if self.gateway.can_act_as(staff) and await self.gateway.user_exists(staff):
+            try:
+                await self.gateway.join_room(staff, room_id)
+                return staff
+            except PermanentError as e:
+                log.warning("Could not join %s to %s as them: %s", staff, room_id, e)
+        return self.bot
+
+    async def _mark_direct(self, user_id: str, other: str, room_id: str) -> None:
+        current = await self.gateway.get_account_data(user_id, "m.direct") or {}
+        rooms = list(current.get(other, []))
+        if room_id in rooms:
+            return
+        await self.gateway.set_account_data(
+            user_id, "m.direct", {**current, other: [*rooms, room_id]}
+        )
+
+    async def _welcome(self, room: Room, therapist: str, client: Client, speaker: str) -> None:
+        text = rules.render(
+            self.config.practice.welcome,
+            {
+                "client_first_name": client.first_name,
+                "therapist_name": self.staff_name(therapist),
+                "practice_name": self.config.practice.name,
+            },
+        )
+        if speaker != therapist:
+            text = f"On behalf of {self.staff_name(therapist)}: {text}"
+        await self.outbox.send(
+            f"welcome:{room.room_id}", speaker, room.room_id, {"msgtype": "m.text", "body": text}
+        )
+
+    # ------------------------------------------------------------------ community rooms
+
+    async def create_group(
+        self, therapist: str, title: str, clients: list[Client], origin_event: str
+    ) -> Room:
+        room = await self.repo.room_by_origin(origin_event)
+        if room is None:
+            room_id = await self.gateway.create_room(
+                rules.group_body(therapist, [c.user_id for c in clients], title)
+            )
+            room = Room(room_id, GROUP, therapist, None, title)
+            await self.repo.add_room(room, ms(self.clock), origin_event)
+            await self.audit.record(therapist, "room.created", None, room_id, kind=GROUP)
+        await self._join_staff_if_possible(therapist, room.room_id)
+        for client in clients:
+            await self._join_group(room, client, therapist)
+        return room
+
+    async def _join_group(self, room: Room, client: Client, actor: str) -> None:
+        await self.gateway.invite(room.room_id, client.user_id)
+        await self.gateway.join_room(client.user_id, room.room_id)
+        await self.repo.add_member(room.room_id, client.user_id, ms(self.clock))
+        await self.audit.record(actor, "member.added", client.user_id, room.room_id)
+
+    async def add_to_group(self, room: Room, client: Client, actor: str) -> None:
+        await self._join_group(room, client, actor)
+
+    async def remove_from_group(self, room: Room, client: Client, actor: str) -> None:
+        """Kick, then forget as the client: the homeserver then refuses them old messages too."""
+        try:
+            await self.gateway.kick(room.room_id, client.user_id, "Removed by the therapist")
+        except PermanentError as e:
+            if e.status != 403:  # 403: already gone (e.g. a retry after the kick)
+                raise
+        await self.gateway.forget(client.user_id, room.room_id)
+        await self.repo.remove_member(room.room_id, client.user_id, ms(self.clock))
+        await self.audit.record(actor, "member.removed", client.user_id, room.room_id)
+
+    async def groups_of(self, therapist: str) -> list[tuple[Room, int]]:
+        """The therapist's community rooms that still have members, with their member count."""
+        out = []
+        for room in await self.repo.rooms_of(therapist, GROUP):
+            count = len(await self.repo.members(room.room_id))
+            if count:
+                out.append((room, count))
+        return out
+
+    # ------------------------------------------------------------------ titles
+
+    async def set_title(self, room: Room, title: str, actor: str) -> None:
+        await self.gateway.send_state(self.bot, room.room_id, "m.room.name", "", {"name": title})
+        await self.repo.set_title(room.room_id, title)
+        await self.audit.record(actor, "title.changed", None, room.room_id)
+
+    # ------------------------------------------------------------------ initials only
+
+    async def enforce_initials(self, room_id: str, user_id: str, displayname: str | None) -> bool:
+        """A client renamed themselves in a community room: put their initials back.
+        Returns True if something was corrected."""
+        room = await self.repo.room(room_id)
+        if room is None or room.kind != GROUP:
+            return False
+        client = await self.repo.client(user_id)
+        if client is None or displayname == client.initials:
+            return False
+        await self.gateway.send_state(
+            user_id,
+            room_id,
+            "m.room.member",
+            user_id,
+            {"membership": "join", "displayname": client.initials},
+        )
+        await self.gateway.set_displayname(user_id, client.initials)
+        await self.audit.record(self.bot, "displayname.reset", user_id, room_id)
+        return True
+
+    # ------------------------------------------------------------------ staff rooms
+
+    async def reconcile_staff_rooms(self) -> None:
+        """One Client Care room per therapist (therapist + care staff) and one team room for
+        all staff. Membership follows the config: missing staff are invited, others removed."""
+        staff = self.config.staff
+        care = [m.user_id for m in staff if m.role == "care"]
+        team_levels = {
+            m.user_id: rules.THERAPIST_LEVEL if m.role == "admin" else rules.STAFF_LEVEL
+            for m in staff
+        }
+        await self._staff_room(
+            TEAM,
+            None,
+            f"{self.config.practice.name} team",
+            team_levels,
+            "Staff only. Membership follows Alcove's configuration.",
+        )
+        for member in staff:
+            if member.role != "therapist":
+                continue
+            levels = {
+                member.user_id: rules.THERAPIST_LEVEL,
+                **dict.fromkeys(care, rules.STAFF_LEVEL),
+            }
+            await self._staff_room(
+                CARE,
+                member.user_id,
+                f"Client Care · {member.displayname}",
+                levels,
+                f"Client Care for {member.displayname}. Staff only.",
+            )
+
+    async def _staff_room(
+        self, kind: str, therapist: str | None, name: str, levels: dict[str, int], topic: str
+    ) -> None:
+        existing = await self.repo.rooms_of(therapist, kind)
+        if existing:
+            room = existing[0]
+        else:
+            room_id = await self.gateway.create_room(rules.staff_room_body(name, levels, topic))
+            room = Room(room_id, kind, therapist, None, name)
+            await self.repo.add_room(room, ms(self.clock))
+            await self.audit.record(self.bot, "room.created", therapist, room_id, kind=kind)
+        pl = await self.gateway.get_state(room.room_id, "m.room.power_levels") or {}
+        current = set(pl.get("users", {}))
+        if current != set(levels):
+            await self.gateway.send_state(
+                self.bot, room.room_id, "m.room.power_levels", "", {**pl, "users": levels}
+            )
+        for user in levels:
+            if user not in current:
+                await self.gateway.invite(room.room_id, user)
+        for user in current - set(levels):
+            try:
+                await self.gateway.kick(room.room_id, user, "No longer on the staff list")
+            except PermanentError as e:
+                log.info("Could not remove %s from %s: %s", user, room.room_id, e)
+
+    # ------------------------------------------------------------------ management rooms
+
+    async def management_room_for(self, user_id: str) -> str | None:
+        return await self.repo.management_room(user_id)
+
+    async def note_management_room(self, user_id: str, room_id: str) -> None:
+        await self.repo.set_management_room(user_id, room_id)
+
+    def as_notice(self, text: str) -> dict[str, Any]:
+        return notice(text)
