@@ -77,6 +77,9 @@ class Bot:
     async def on_member(self, event: dict[str, Any]) -> None:
         content = event.get("content") or {}
         user_id = event.get("state_key")
+        if content.get("membership") == "invite" and isinstance(user_id, str):
+            await self.conversations.police_invite(event["room_id"], event["sender"], user_id)
+            return
         if (
             content.get("membership") == "join"
             and isinstance(user_id, str)

@@ -296,3 +296,42 @@ async def test_staff_rooms_follow_the_config(
     assert status == 200
     levels = await therapist.state(care_room, "m.room.power_levels")
     assert levels["users"] == {THERAPIST: 90, "@care:localhost": 50}
+
+
+async def membership_of(viewer: MatrixUser, room: str, user_id: str) -> str:
+    status, body = await viewer.raw(
+        "GET", f"/_matrix/client/v3/rooms/{quote(room)}/state/m.room.member/{quote(user_id)}"
+    )
+    assert status == 200, body
+    return str(body.get("membership"))
+
+
+async def wait_membership(viewer: MatrixUser, room: str, user_id: str, wanted: str) -> None:
+    for _ in range(100):
+        if await membership_of(viewer, room, user_id) == wanted:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{user_id} never reached {wanted} in {room}")
+
+
+async def test_clients_cannot_start_conversations_on_their_own(
+    alcove: AlcoveProcess,
+    therapist: MatrixUser,
+    synapse: DevStack,
+    http: aiohttp.ClientSession,
+    alcove_db: Database,
+) -> None:
+    mgmt = await management_room(therapist)
+    dan = await add_client(therapist, mgmt, "Dan Dee")
+    eve = await add_client(therapist, mgmt, "Eve Ek")
+    client = await login(http, synapse, dan)
+    # The client creates a room of their own and invites the therapist and another client.
+    room = str(await client.api.create_room(invitees=[THERAPIST, eve.user_id]))  # type: ignore[list-item]
+    await wait_membership(client, room, THERAPIST, "leave")
+    await wait_membership(client, room, eve.user_id, "leave")
+    # ...and is told where to write instead, in the conversation the therapist set up.
+    await client.wait_for(from_bot(dan.room_id, "set up by your therapist"), timeout=20)
+    refused = await alcove_db.fetch(
+        "SELECT target FROM audit WHERE action = 'invite.refused' AND actor = $1", dan.user_id
+    )
+    assert {r["target"] for r in refused} == {THERAPIST, eve.user_id}

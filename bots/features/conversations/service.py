@@ -235,6 +235,41 @@ class ConversationService:
         await self.audit.record(self.bot, "displayname.reset", user_id, room_id)
         return True
 
+    # ------------------------------------------------------------------ who may invite whom
+
+    async def police_invite(self, room_id: str, inviter: str, invitee: str) -> bool:
+        """Conversations exist only where Alcove created them. An invite into any other room is
+        rejected when it targets a managed client (Alcove answers for them) or when a managed
+        client invites staff (answered through the double puppet). Returns True if rejected."""
+        if inviter == self.bot or await self.repo.room(room_id) is not None:
+            return False
+        invitee_client = await self.repo.client(invitee)
+        inviter_client = await self.repo.client(inviter)
+        if invitee_client is not None:
+            await self.gateway.leave_room(invitee, room_id)
+        elif inviter_client is not None and self.config.staff_member(invitee) is not None:
+            if not self.gateway.can_act_as(invitee):
+                log.warning("Cannot decline %s's invite for %s: no double puppet", inviter, invitee)
+                return False
+            await self.gateway.leave_room(invitee, room_id)
+        else:
+            return False
+        await self.audit.record(inviter, "invite.refused", invitee, room_id)
+        client = inviter_client or invitee_client
+        if inviter_client is not None and client is not None:
+            room = await self.repo.dm_of(client.therapist_id, client.user_id)
+            if room is not None:
+                await self.outbox.send(
+                    f"invite-refused:{room_id}:{invitee}",
+                    self.bot,
+                    room.room_id,
+                    notice(
+                        "Conversations here are set up by your therapist. Please write in this "
+                        "chat instead; other rooms are not available."
+                    ),
+                )
+        return True
+
     # ------------------------------------------------------------------ staff rooms
 
     async def reconcile_staff_rooms(self) -> None:
