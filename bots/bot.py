@@ -14,36 +14,67 @@ from bridge.clock import Clock
 from bridge.config import Config
 from bridge.db.audit_repo import AuditLog
 from bridge.matrix.gateway import MatrixGateway
+from bridge.matrix.outbox import Outbox
+from bridge.timers import Timers
 
-from .bot_types import Sender, notice
+from .bot_types import notice
+from .commands.awaiting import AwaitingInput
 from .commands.confirm import Confirmations
+from .commands.context import CommandContext
 from .commands.registry import CommandRegistry
 from .commands.router import CommandRouter
+from .features.away.commands import AwayCommands
+from .features.away.service import AwayService
+from .features.blasts.commands import BlastCommands
+from .features.blasts.service import BlastService
 from .features.conversations.commands import ConversationCommands
 from .features.conversations.repo import ConversationRepo
 from .features.conversations.service import ConversationService
 from .features.core.commands import COMMANDS as CORE_COMMANDS
+from .features.phrases.commands import PhraseCommands, PhraseRepo
+from .features.schedule.commands import ScheduleCommands
+from .features.schedule.service import ScheduleService
+from .features.voice import TherapistVoice
 
 log = logging.getLogger("alcove.bot")
 
 
 class Bot:
     def __init__(
-        self, config: Config, gateway: MatrixGateway, outbox: Sender, db: Database, clock: Clock
+        self,
+        config: Config,
+        gateway: MatrixGateway,
+        outbox: Outbox,
+        db: Database,
+        clock: Clock,
+        timers: Timers | None = None,
     ) -> None:
         self.config = config
         self.gateway = gateway
         self.outbox = outbox
+        self.timers = timers or Timers()
         self.audit = AuditLog(db, clock)
-        self.conversations = ConversationService(
-            config, gateway, outbox, ConversationRepo(db), self.audit, clock
+        rooms = ConversationRepo(db)
+        self.conversations = ConversationService(config, gateway, outbox, rooms, self.audit, clock)
+        voice = TherapistVoice(config, gateway)
+        self.schedule = ScheduleService(
+            config, db, outbox, voice, self.timers, clock, self.conversations.management_room_for
         )
+        self.away = AwayService(config, db, outbox, voice, clock)
+        self.awaiting = AwaitingInput(db, clock)
         confirmations = Confirmations(db, clock)
+        self.blasts = BlastCommands(
+            BlastService(self.conversations, outbox, voice), self.awaiting, confirmations
+        )
         self.registry = CommandRegistry(
             [
                 *CORE_COMMANDS,
                 *confirmations.specs(),
                 *ConversationCommands(self.conversations, confirmations).specs(),
+                *self.blasts.specs(),
+                *ScheduleCommands(self.schedule, rooms).specs(),
+                *PhraseCommands(config, PhraseRepo(db), rooms, voice, outbox, gateway).specs(),
+                *AwayCommands(self.away).specs(),
             ]
         )
         self.router = CommandRouter(self.registry, on_refused=self._refused)
@@ -60,7 +91,9 @@ class Bot:
         await self.audit.record(sender, "command.refused", None, room_id, command=command)
 
     async def start(self) -> None:
-        """Start-up work: the staff rooms follow the config."""
+        """Start-up work: staff rooms follow the config; scheduled messages are re-armed."""
+        self.timers.start()
+        await self.schedule.start()
         await self.conversations.reconcile_staff_rooms()
 
     async def on_invite(self, room_id: str, inviter: str, content: dict[str, Any]) -> None:
@@ -91,16 +124,20 @@ class Bot:
 
     async def on_message(self, event: dict[str, Any]) -> None:
         content = event.get("content") or {}
-        if content.get("msgtype") not in ("m.text", None) or not isinstance(
-            content.get("body"), str
-        ):
-            return
-        body: str = content["body"]
-        if not body.lstrip().startswith("!"):
+        if not isinstance(content.get("msgtype"), str):
             return
         sender = event["sender"]
         room_id = event["room_id"]
         event_id = event["event_id"]
+        room = await self.conversations.repo.room(room_id)
+        if room is not None:
+            await self.away.on_message(event, room)
+        body = content.get("body")
+        is_command = (
+            content["msgtype"] == "m.text"
+            and isinstance(body, str)
+            and body.lstrip().startswith("!")
+        )
         replies = 0
 
         async def reply(text: str) -> None:
@@ -110,11 +147,18 @@ class Bot:
                 f"reply:{event_id}:{replies}", self.gateway.bot_user_id, room_id, notice(text)
             )
 
-        await self.router.handle(
-            body,
-            sender=sender,
-            role=await self.role_of(sender),
-            room_id=room_id,
-            event_id=event_id,
-            reply=reply,
-        )
+        role = await self.role_of(sender)
+        if is_command:
+            assert isinstance(body, str)
+            await self.router.handle(
+                body, sender=sender, role=role, room_id=room_id, event_id=event_id, reply=reply
+            )
+            return
+        if role not in ("therapist", "care", "admin") or content["msgtype"] == "m.notice":
+            return
+        waiting = await self.awaiting.take(room_id, sender)
+        if waiting is not None and waiting[0] == "blast":
+            ctx = CommandContext(
+                sender, role, room_id, event_id, "blast", (), "", self.registry, reply
+            )
+            await self.blasts.capture(ctx, waiting[1], content)

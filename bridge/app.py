@@ -28,6 +28,7 @@ from .matrix.outbox import Outbox
 from .metrics import Metrics
 from .registration import read_doublepuppet_token
 from .startup import run_startup
+from .timers import Timers
 from .web.server import READY, build_web_app
 from .web.transactions import TransactionEndpoint
 
@@ -69,7 +70,8 @@ class Alcove:
         self.outbox = Outbox(
             OutboxRepo(self.db), DeviceRepo(self.db), self.gateway, self.clock, self.metrics
         )
-        self.bot = Bot(cfg, self.gateway, self.outbox, self.db, self.clock)
+        self.timers = Timers()
+        self.bot = Bot(cfg, self.gateway, self.outbox, self.db, self.clock, self.timers)
         self.dispatcher = Dispatcher(cfg.bot_user_id, self.bot, f"@{cfg.appservice.client_prefix}")
         self.inbox = Inbox(
             InboxRepo(self.db), self.dispatcher.handle, self.clock, self.metrics, cfg.inbox
@@ -139,6 +141,8 @@ class Alcove:
         if self.runner is not None:
             await self.runner.cleanup()
         log.debug("web server stopped")
+        if hasattr(self, "timers"):
+            self.timers.stop()
         if hasattr(self, "catchup"):
             await self.catchup.stop()
         if hasattr(self, "inbox"):

@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, time
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -33,6 +35,28 @@ FROM_REGISTRATION = "from-registration"
 _PLACEHOLDER = re.compile(r"CHANGE_?ME|(^|[.:@])example\.(org|com|net)$", re.IGNORECASE)
 _USER_ID = re.compile(r"^@[a-z0-9._=\-/+]+:[A-Za-z0-9.\-]+(:\d+)?$")
 _LOCALPART = re.compile(r"^[a-z0-9._=\-/]+$")
+_PHRASE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+WELCOME_PLACEHOLDERS = frozenset({"client_first_name", "therapist_name", "practice_name"})
+PHRASE_PLACEHOLDERS = WELCOME_PLACEHOLDERS | {"next_session"}
+
+
+def placeholders(template: str) -> set[str]:
+    """The {names} a template uses. Raises ValueError for a malformed template."""
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+
+
+def check_template(template: str, allowed: frozenset[str]) -> str | None:
+    """None if fine, else what is wrong (for ConfigError and for !phrase add)."""
+    try:
+        used = placeholders(template)
+    except ValueError as e:
+        return f"malformed placeholder ({e}); use {{name}} and write {{{{ for a literal brace"
+    unknown = sorted(used - allowed)
+    if unknown:
+        known = ", ".join("{" + n + "}" for n in sorted(allowed))
+        return f"unknown placeholder {{{unknown[0]}}}; known: {known}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -74,10 +98,37 @@ class PracticeConfig:
 
 
 @dataclass(frozen=True)
+class WorkingHours:
+    days: frozenset[int]  # 0 = Monday
+    start: time
+    end: time
+
+    def contains(self, local: datetime) -> bool:
+        return local.weekday() in self.days and self.start <= local.time() < self.end
+
+
+@dataclass(frozen=True)
 class StaffMember:
     user_id: str
     displayname: str
     role: str
+    working_hours: WorkingHours | None = None
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    late_policy: str = "send"  # send | skip
+    grace_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class AwayConfig:
+    throttle_hours: float = 4.0
+    message: str = "I'm away at the moment and will reply when I'm back."
+    after_hours_message: str = (
+        "Thanks for your message. I'm outside my working hours and will reply when I'm back. "
+        "If you are in crisis, please call your local emergency number."
+    )
 
 
 @dataclass(frozen=True)
@@ -103,6 +154,9 @@ class Config:
     staff: tuple[StaffMember, ...]
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     inbox: InboxConfig = field(default_factory=InboxConfig)
+    phrases: dict[str, str] = field(default_factory=dict)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    away: AwayConfig = field(default_factory=AwayConfig)
     path: Path | None = None
 
     @property
@@ -318,15 +372,14 @@ def _practice(s: _Section) -> PracticeConfig:
         raise ConfigError(
             s.key("timezone"), f"unknown time zone {tz_name!r}; use an IANA name like Europe/London"
         ) from None
-    return PracticeConfig(
-        name=s.text("name"),
-        timezone=tz,
-        welcome=s.text(
-            "welcome",
-            "Hello {client_first_name}, this is your private conversation with "
-            "{therapist_name} at {practice_name}.",
-        ),
+    welcome = s.text(
+        "welcome",
+        "Hello {client_first_name}, this is your private conversation with "
+        "{therapist_name} at {practice_name}.",
     )
+    if (problem := check_template(welcome, WELCOME_PLACEHOLDERS)) is not None:
+        raise ConfigError(s.key("welcome"), problem)
+    return PracticeConfig(name=s.text("name"), timezone=tz, welcome=welcome)
 
 
 def _staff(data: Any, domain: str) -> tuple[StaffMember, ...]:
@@ -346,15 +399,75 @@ def _staff(data: Any, domain: str) -> tuple[StaffMember, ...]:
         if user_id in seen:
             raise ConfigError(s.key("user_id"), f"{user_id} is listed twice")
         seen.add(user_id)
+        role = s.choice("role", ROLES)
+        hours = s.raw("working_hours", None)
         members.append(
             StaffMember(
                 user_id=user_id,
                 displayname=s.text("displayname", user_id[1:].split(":", 1)[0]),
-                role=s.choice("role", ROLES),
+                role=role,
+                working_hours=_working_hours(_Section(hours, s.key("working_hours")))
+                if hours is not None
+                else None,
             )
         )
         s.warn_unknown()
     return tuple(members)
+
+
+def _clock_time(s: _Section, name: str) -> time:
+    value = s.text(name)
+    try:
+        return datetime.strptime(value, "%H:%M").time()
+    except ValueError:
+        raise ConfigError(s.key(name), f"must be a time like 09:00, got {value!r}") from None
+
+
+def _working_hours(s: _Section) -> WorkingHours:
+    days_raw = s.raw("days", ["mon", "tue", "wed", "thu", "fri"])
+    if not isinstance(days_raw, list) or not days_raw:
+        raise ConfigError(s.key("days"), "must be a list like [mon, tue, wed, thu, fri]")
+    days = set()
+    for day in days_raw:
+        name = str(day).lower()[:3]
+        if name not in WEEKDAYS:
+            raise ConfigError(s.key("days"), f"unknown day {day!r}; use {', '.join(WEEKDAYS)}")
+        days.add(WEEKDAYS.index(name))
+    start, end = _clock_time(s, "start"), _clock_time(s, "end")
+    if not start < end:
+        raise ConfigError(s.key("end"), "must be after start")
+    s.warn_unknown()
+    return WorkingHours(frozenset(days), start, end)
+
+
+def _phrases(data: Any) -> dict[str, str]:
+    section = _Section(data, "phrases")
+    out: dict[str, str] = {}
+    for name in list(section.data):
+        key = str(name)
+        if not _PHRASE_NAME.match(key):
+            raise ConfigError(section.key(key), "phrase names use a-z, 0-9, - and _ (max 32)")
+        text = section.text(key)
+        if (problem := check_template(text, PHRASE_PLACEHOLDERS)) is not None:
+            raise ConfigError(section.key(key), problem)
+        out[key] = text
+    return out
+
+
+def _schedule(s: _Section) -> ScheduleConfig:
+    return ScheduleConfig(
+        late_policy=s.choice("late_policy", ("send", "skip"), "send"),
+        grace_seconds=s.number("grace_seconds", 300.0),
+    )
+
+
+def _away(s: _Section) -> AwayConfig:
+    d = AwayConfig()
+    return AwayConfig(
+        throttle_hours=s.number("throttle_hours", d.throttle_hours, low=0.0),
+        message=s.text("message", d.message),
+        after_hours_message=s.text("after_hours_message", d.after_hours_message),
+    )
 
 
 def _logging(s: _Section, base: Path) -> LoggingConfig:
@@ -391,6 +504,9 @@ def parse_config(
         staff=_staff(root.raw("staff", None), hs.domain),
         logging=_read(root.section("logging", required=False), lambda s: _logging(s, base)),
         inbox=_read(root.section("inbox", required=False), _inbox),
+        phrases=_phrases(root.raw("phrases", None)),
+        schedule=_read(root.section("schedule", required=False), _schedule),
+        away=_read(root.section("away", required=False), _away),
         path=path,
     )
     root.warn_unknown()

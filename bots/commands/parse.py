@@ -21,6 +21,17 @@ class ParseError:
     reason: str
 
 
+def split_args(text: str) -> tuple[str, ...]:
+    """Shell-style words where double quotes group ("two words") and a backslash escapes.
+    An apostrophe is an ordinary letter, so names like O'Neil need no quoting."""
+    text = text.replace("\u201c", '"').replace("\u201d", '"')  # typographic quotes
+    lexer = shlex.shlex(text, posix=True)
+    lexer.whitespace_split = True
+    lexer.quotes = '"'
+    lexer.commenters = ""
+    return tuple(lexer)
+
+
 def parse_command(body: str) -> ParsedCommand | ParseError | None:
     """None when the message is not a command at all."""
     text = body.strip()
@@ -33,7 +44,7 @@ def parse_command(body: str) -> ParsedCommand | ParseError | None:
         rest = more + " " + rest
     rest = rest.strip()
     try:
-        args = tuple(shlex.split(rest)) if rest else ()
+        args = split_args(rest)
     except ValueError as e:  # unbalanced quotes
         return ParseError(name, f"could not read the arguments ({e}); check your quotes")
     return ParsedCommand(name, args, rest)

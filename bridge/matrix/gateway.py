@@ -93,3 +93,6 @@ class MatrixGateway(Protocol):
     ) -> None: ...
 
     async def user_exists(self, user_id: str) -> bool | None: ...
+
+    async def redact(self, room_id: str, event_id: str, reason: str) -> None:
+        """Redact as the bot (it is the room creator)."""

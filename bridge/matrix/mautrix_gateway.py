@@ -338,6 +338,15 @@ class MautrixGateway:
             self.api_for(user_id), Method.PUT, self._account_data(user_id, data_type), content
         )
 
+    async def redact(self, room_id: str, event_id: str, reason: str) -> None:
+        txn = f"alcove.redact.{event_id}"
+        await self.call(
+            self.bot_api,
+            Method.PUT,
+            f"{self._room(room_id)}/redact/{quote(event_id, safe='')}/{quote(txn, safe='')}",
+            {"reason": reason},
+        )
+
     async def joined_members(self, room_id: str) -> list[str]:
         result = await self.call(self.bot_api, Method.GET, f"{self._room(room_id)}/joined_members")
         return sorted(result.get("joined", {}))

@@ -77,6 +77,24 @@ class Outbox:
             self._submit(row)
         return row
 
+    async def prepare(
+        self,
+        key: str,
+        sender: str,
+        room_id: str,
+        content: dict[str, Any],
+        event_type: str = "m.room.message",
+    ) -> tuple[OutboxRow, bool]:
+        """Write the message down without handing it to a worker: for use inside a database
+        transaction that must commit together with it. Call ``submit`` after the commit."""
+        return await self.repo.insert(
+            key, sender, room_id, event_type, content, txn_id_for(sender, key), ms(self.clock)
+        )
+
+    def submit(self, row: OutboxRow) -> None:
+        if self._started and row.status == PENDING:
+            self._submit(row)
+
     async def start(self) -> int:
         pending = await self.repo.pending()
         self._started = True

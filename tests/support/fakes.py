@@ -159,6 +159,11 @@ class RecordingGateway:
     async def user_exists(self, user_id: str) -> bool | None:
         return user_id in self.existing_users
 
+    redacted: list[tuple[str, str]] = field(default_factory=list)
+
+    async def redact(self, room_id: str, event_id: str, reason: str) -> None:
+        self.redacted.append((room_id, event_id))
+
     def bodies(self, room_id: str | None = None) -> list[str]:
         return [
             str(s.content.get("body")) for s in self.sent if room_id is None or s.room_id == room_id

@@ -280,3 +280,12 @@ async def test_help_for_care_staff_leaves_out_therapist_commands(router: Command
     text = (await run(router, "!help", role="care")).only
     assert "!staffonly" in text
     assert "!note" not in text
+
+
+def test_apostrophes_are_letters_and_double_quotes_group() -> None:
+    parsed = parse_command("!client add Jane O'Neil")
+    assert isinstance(parsed, ParsedCommand)
+    assert parsed.args == ("add", "Jane", "O'Neil")
+    parsed = parse_command("!group create \u201cTuesday circle\u201d Jane")
+    assert isinstance(parsed, ParsedCommand)
+    assert parsed.args == ("create", "Tuesday circle", "Jane")

@@ -149,7 +149,7 @@ def render(template: str, values: dict[str, str]) -> str:
     """Fill {placeholders}; an unknown placeholder is an error naming it."""
     try:
         return template.format_map(_Strict(values))
-    except (KeyError, ValueError, IndexError) as e:
+    except (KeyError, ValueError, IndexError, AttributeError, TypeError) as e:
         raise TemplateError(f"unknown or malformed placeholder {e}") from None
 
 

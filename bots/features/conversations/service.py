@@ -88,8 +88,10 @@ class ConversationService:
 
     async def resolve_client(self, therapist: str, token: str) -> Client:
         """An opaque ID (full or localpart) or a unique prefix of the full name."""
-        clients = await self.repo.clients_of(therapist)
         wanted = token.strip().lower()
+        if not wanted:
+            raise ClientLookupError("A client name or ID is missing. See !client list.")
+        clients = await self.repo.clients_of(therapist)
         by_id = [
             c
             for c in clients
@@ -106,6 +108,18 @@ class ConversationService:
         raise ClientLookupError(f"{token!r} matches several clients: {listed}. Use the ID.")
 
     # ------------------------------------------------------------------ 1:1 rooms
+
+    async def ensure_dm(self, therapist: str, client: Client, origin_event: str) -> Room:
+        """The pair's 1:1 room: the recorded one, or a new one (with its welcome)."""
+        room = await self.repo.dm_of(therapist, client.user_id)
+        return room if room is not None else await self.open_dm(therapist, client, origin_event)
+
+    async def group_by_title(self, therapist: str, title: str) -> Room | None:
+        wanted = title.strip().lower()
+        for room in await self.repo.rooms_of(therapist, GROUP):
+            if (room.title or "").lower() == wanted:
+                return room
+        return None
 
     async def open_dm(self, therapist: str, client: Client, origin_event: str) -> Room:
         room = await self.repo.dm_of(therapist, client.user_id)
@@ -316,7 +330,7 @@ class ConversationService:
             await self.audit.record(self.bot, "room.created", therapist, room_id, kind=kind)
         pl = await self.gateway.get_state(room.room_id, "m.room.power_levels") or {}
         current = set(pl.get("users", {}))
-        if current != set(levels):
+        if pl.get("users") != levels:  # a new member, a removed one, or a changed role
             await self.gateway.send_state(
                 self.bot, room.room_id, "m.room.power_levels", "", {**pl, "users": levels}
             )

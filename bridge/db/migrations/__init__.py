@@ -9,6 +9,10 @@ from mautrix.util.async_db import UpgradeTable
 
 upgrade_table = UpgradeTable(version_table_name="alcove_version", database_name="Alcove")
 
-from . import v01_inbox_outbox, v02_conversations  # noqa: E402,F401  (order is version order)
+from . import (  # noqa: E402,F401  (import order is version order)
+    v01_inbox_outbox,
+    v02_conversations,
+    v03_therapist_tools,
+)
 
 __all__ = ["upgrade_table"]

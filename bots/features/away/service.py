@@ -1,0 +1,101 @@
+"""Out of office: a manual `!away` state and per-therapist working hours. A client's message in
+their 1:1 while the therapist is away gets one notice per conversation per throttle window;
+notices, bots and auto-replies are never answered; the therapist's own message resets it."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from mautrix.util.async_db import Database
+
+from bridge.clock import Clock, ms
+from bridge.config import Config
+from bridge.matrix.outbox import Outbox
+
+from ..conversations.repo import DM, Room
+from ..voice import TherapistVoice
+
+MARK = "org.alcove.auto_reply"
+
+
+class AwayService:
+    def __init__(
+        self, config: Config, db: Database, outbox: Outbox, voice: TherapistVoice, clock: Clock
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.outbox = outbox
+        self.voice = voice
+        self.clock = clock
+
+    def local_now(self) -> datetime:
+        return self.clock.now().astimezone(self.config.practice.timezone)
+
+    async def set_away(self, therapist: str, until: date | None, message: str | None) -> None:
+        await self.db.execute(
+            "INSERT INTO away (therapist_id, until_date, message) VALUES ($1, $2, $3)"
+            " ON CONFLICT (therapist_id) DO UPDATE SET until_date = $2, message = $3",
+            therapist,
+            until.isoformat() if until else None,
+            message,
+        )
+
+    async def clear(self, therapist: str) -> bool:
+        got = await self.db.fetchval(
+            "DELETE FROM away WHERE therapist_id = $1 RETURNING therapist_id", therapist
+        )
+        return got is not None
+
+    async def manual(self, therapist: str) -> tuple[date | None, str | None] | None:
+        row = await self.db.fetchrow(
+            "SELECT until_date, message FROM away WHERE therapist_id = $1", therapist
+        )
+        if row is None:
+            return None
+        until = date.fromisoformat(row["until_date"]) if row["until_date"] else None
+        return until, row["message"]
+
+    async def reply_text(self, therapist: str) -> str | None:
+        """What to answer right now, or None when the therapist is available."""
+        now = self.local_now()
+        manual = await self.manual(therapist)
+        if manual is not None:
+            until, message = manual
+            if until is None or now.date() <= until:
+                return message or self.config.away.message
+        member = self.config.staff_member(therapist)
+        if member and member.working_hours and not member.working_hours.contains(now):
+            return self.config.away.after_hours_message
+        return None
+
+    async def on_message(self, event: dict[str, Any], room: Room) -> None:
+        if room.kind != DM or room.therapist_id is None:
+            return
+        content = event.get("content") or {}
+        sender = event.get("sender")
+        if sender == room.therapist_id:
+            await self.db.execute("DELETE FROM auto_reply WHERE room_id = $1", room.room_id)
+            return
+        if sender != room.client_id or content.get("msgtype") == "m.notice" or content.get(MARK):
+            return
+        text = await self.reply_text(room.therapist_id)
+        if text is None:
+            return
+        now = ms(self.clock)
+        window = int(self.config.away.throttle_hours * 3600 * 1000)
+        claimed = await self.db.fetchval(
+            "INSERT INTO auto_reply (room_id, sent_at) VALUES ($1, $2)"
+            " ON CONFLICT (room_id) DO UPDATE SET sent_at = $2"
+            " WHERE auto_reply.sent_at < $3 RETURNING room_id",
+            room.room_id,
+            now,
+            now - window,
+        )
+        if claimed is None:
+            return  # answered within the throttle window
+        speaker = await self.voice.speaker(room.therapist_id)
+        body = self.voice.content(room.therapist_id, speaker, {"msgtype": "m.notice", "body": text})
+        await self.outbox.send(
+            f"away:{event['event_id']}", speaker, room.room_id, {**body, MARK: True}
+        )

@@ -1,0 +1,117 @@
+"""!blast <audience> [message] — with no message, the next message you send is blasted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...commands.awaiting import AwaitingInput
+from ...commands.confirm import Confirmations
+from ...commands.context import CommandContext
+from ...commands.spec import CommandSpec
+from .service import AudienceError, BlastResult, BlastService
+
+USAGE = "<all | group:<title> | client,client,...> [message]"
+
+
+class BlastCommands:
+    def __init__(
+        self, service: BlastService, awaiting: AwaitingInput, confirmations: Confirmations
+    ) -> None:
+        self.service = service
+        self.awaiting = awaiting
+        self.confirm = confirmations
+        confirmations.register("blast.send", self._confirmed)
+
+    def specs(self) -> list[CommandSpec]:
+        return [
+            CommandSpec(
+                "blast",
+                self.blast,
+                "one message to many clients, each in their own chat",
+                usage=USAGE,
+                roles=("therapist",),
+                min_args=1,
+            )
+        ]
+
+    async def blast(self, ctx: CommandContext) -> None:
+        audience_spec, _, text = ctx.raw_args.partition(" ")
+        audience_spec = audience_spec.strip()
+        if audience_spec.lower() == "group:" or (
+            audience_spec.lower().startswith("group:") and audience_spec.startswith('group:"')
+        ):
+            # group:"Tuesday circle" — a quoted title with spaces
+            audience_spec, text = _quoted_group(ctx.raw_args)
+        try:
+            clients = await self.service.audience(ctx.sender, audience_spec)
+        except AudienceError as e:
+            await ctx.reply(f"{e} Usage: !blast {USAGE}")
+            return
+        text = text.strip()
+        if not text:
+            await self.awaiting.expect(
+                ctx.room_id, ctx.sender, "blast", {"audience": audience_spec}
+            )
+            await ctx.reply(
+                f"Send the message for {len(clients)} clients now (text, image, file or voice). "
+                "I'll ask you to confirm before anything goes out."
+            )
+            return
+        result = await self.service.send(
+            ctx.sender, clients, {"msgtype": "m.text", "body": text}, ctx.event_id
+        )
+        await ctx.reply(report(result))
+
+    async def capture(
+        self, ctx: CommandContext, payload: dict[str, Any], content: dict[str, Any]
+    ) -> None:
+        """The message that follows `!blast <audience>`: confirm, then send."""
+        audience = str(payload["audience"])
+        try:
+            clients = await self.service.audience(ctx.sender, audience)
+        except AudienceError as e:
+            await ctx.reply(str(e))
+            return
+        kind = {
+            "m.image": "image",
+            "m.file": "file",
+            "m.audio": "voice message",
+            "m.video": "video",
+        }.get(str(content.get("msgtype")), "message")
+        await self.confirm.ask(
+            ctx,
+            "blast.send",
+            {"audience": audience, "content": content, "origin": ctx.event_id},
+            f"Send this {kind} to {len(clients)} clients ({audience}), each in their own chat?",
+        )
+
+    async def _confirmed(self, ctx: CommandContext, payload: dict[str, Any]) -> None:
+        try:
+            clients = await self.service.audience(ctx.sender, str(payload["audience"]))
+        except AudienceError as e:
+            await ctx.reply(str(e))
+            return
+        content = {k: v for k, v in dict(payload["content"]).items() if k != "m.relates_to"}
+        result = await self.service.send(ctx.sender, clients, content, str(payload["origin"]))
+        await ctx.reply(report(result))
+
+
+def _quoted_group(raw: str) -> tuple[str, str]:
+    rest = raw.strip()[len('group:"') :]
+    title, _, text = rest.partition('"')
+    return f"group:{title}", text
+
+
+def report(result: BlastResult) -> str:
+    total = len(result.delivered) + len(result.failed) + len(result.pending)
+    lines = [
+        f"Delivered to {len(result.delivered)} of {total} clients; failed: {len(result.failed)}."
+    ]
+    for client, reason in result.failed:
+        lines.append(f"• {client.full_name} ({client.user_id}): {reason}")
+    if result.pending:
+        lines.append(
+            f"{len(result.pending)} still being retried: "
+            + ", ".join(c.full_name for c in result.pending)
+        )
+    return "\n".join(lines)

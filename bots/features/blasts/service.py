@@ -1,0 +1,97 @@
+"""Message blasts: one message to many clients, each in their own 1:1 room, nobody seeing the
+other recipients. Each delivery is an outbox row keyed on (command, client): a re-run after a
+crash sends nothing twice, and failures are retried by the outbox."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from bridge.matrix.outbox import Outbox
+
+from ..conversations.repo import Client
+from ..conversations.service import ClientLookupError, ConversationService
+from ..voice import TherapistVoice
+
+WAIT_SECONDS = 120.0
+
+
+class AudienceError(Exception):
+    pass
+
+
+@dataclass
+class BlastResult:
+    delivered: list[Client] = field(default_factory=list)
+    failed: list[tuple[Client, str]] = field(default_factory=list)
+    pending: list[Client] = field(default_factory=list)
+
+
+class BlastService:
+    def __init__(
+        self, conversations: ConversationService, outbox: Outbox, voice: TherapistVoice
+    ) -> None:
+        self.conversations = conversations
+        self.outbox = outbox
+        self.voice = voice
+
+    async def audience(self, therapist: str, spec: str) -> list[Client]:
+        """all | group:<title> | <client>,<client>,..."""
+        spec = spec.strip()
+        repo = self.conversations.repo
+        if spec.lower() == "all":
+            clients = await repo.clients_of(therapist)
+        elif spec.lower().startswith("group:"):
+            title = spec[6:]
+            room = await self.conversations.group_by_title(therapist, title)
+            if room is None:
+                raise AudienceError(f"You have no community chat called {title!r}.")
+            ids = await repo.members(room.room_id)
+            found = [await repo.client(i) for i in ids]
+            clients = [c for c in found if c is not None]
+        else:
+            clients = []
+            for token in (t for t in spec.split(",") if t.strip()):
+                try:
+                    client = await self.conversations.resolve_client(therapist, token)
+                except ClientLookupError as e:
+                    raise AudienceError(str(e)) from None
+                if client not in clients:
+                    clients.append(client)
+        if not clients:
+            raise AudienceError("That audience has no clients.")
+        return clients
+
+    async def send(
+        self, therapist: str, clients: list[Client], content: dict[str, Any], origin: str
+    ) -> BlastResult:
+        speaker = await self.voice.speaker(therapist)
+        body = self.voice.content(therapist, speaker, content)
+        keys: list[tuple[Client, str]] = []
+        result = BlastResult()
+        for client in clients:
+            try:
+                room = await self.conversations.ensure_dm(
+                    therapist, client, f"{origin}:{client.user_id}"
+                )
+            except Exception as e:  # one client's room must not stop the others
+                result.failed.append((client, f"no conversation room ({type(e).__name__})"))
+                continue
+            key = f"blast:{origin}:{client.user_id}"
+            await self.outbox.send(key, speaker, room.room_id, body)
+            keys.append((client, key))
+
+        async def outcome(client: Client, key: str) -> None:
+            try:
+                row = await self.outbox.wait(key, WAIT_SECONDS)
+            except TimeoutError:
+                result.pending.append(client)
+                return
+            if row.status == "sent":
+                result.delivered.append(client)
+            else:
+                result.failed.append((client, row.error or "not accepted"))
+
+        await asyncio.gather(*(outcome(c, k) for c, k in keys))
+        return result

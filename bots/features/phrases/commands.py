@@ -1,0 +1,169 @@
+"""Smart phrases: practice-wide ones from the config, personal ones per therapist.
+`!p <name>` sends the expansion as the therapist and removes the command message."""
+
+from __future__ import annotations
+
+import re
+
+from mautrix.util.async_db import Database
+
+from bridge.config import PHRASE_PLACEHOLDERS, Config, check_template, placeholders
+from bridge.matrix.gateway import MatrixGateway
+from bridge.matrix.outbox import Outbox
+
+from ...commands.context import CommandContext
+from ...commands.spec import CommandSpec
+from ..conversations.repo import DM, GROUP, ConversationRepo
+from ..conversations.rules import render
+from ..voice import TherapistVoice
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+CLIENT_PLACEHOLDERS = {"client_first_name"}
+USAGE = "add <name> <text> | list | show <name> | remove <name>"
+
+
+class PhraseRepo:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def put(self, therapist: str, name: str, text: str) -> None:
+        await self.db.execute(
+            "INSERT INTO phrase (therapist_id, name, text) VALUES ($1, $2, $3)"
+            " ON CONFLICT (therapist_id, name) DO UPDATE SET text = $3",
+            therapist,
+            name,
+            text,
+        )
+
+    async def get(self, therapist: str, name: str) -> str | None:
+        value = await self.db.fetchval(
+            "SELECT text FROM phrase WHERE therapist_id = $1 AND name = $2", therapist, name
+        )
+        return str(value) if value is not None else None
+
+    async def all(self, therapist: str) -> dict[str, str]:
+        rows = await self.db.fetch(
+            "SELECT name, text FROM phrase WHERE therapist_id = $1 ORDER BY name", therapist
+        )
+        return {str(r["name"]): str(r["text"]) for r in rows}
+
+    async def remove(self, therapist: str, name: str) -> bool:
+        got = await self.db.fetchval(
+            "DELETE FROM phrase WHERE therapist_id = $1 AND name = $2 RETURNING name",
+            therapist,
+            name,
+        )
+        return got is not None
+
+
+class PhraseCommands:
+    def __init__(
+        self,
+        config: Config,
+        repo: PhraseRepo,
+        rooms: ConversationRepo,
+        voice: TherapistVoice,
+        outbox: Outbox,
+        gateway: MatrixGateway,
+    ) -> None:
+        self.config = config
+        self.repo = repo
+        self.rooms = rooms
+        self.voice = voice
+        self.outbox = outbox
+        self.gateway = gateway
+
+    def specs(self) -> list[CommandSpec]:
+        return [
+            CommandSpec(
+                "phrase",
+                self.phrase,
+                "your saved texts",
+                usage=USAGE,
+                roles=("therapist",),
+                min_args=1,
+            ),
+            CommandSpec(
+                "p",
+                self.send,
+                "send a saved text here as yourself",
+                usage="<name>",
+                roles=("therapist",),
+                min_args=1,
+                max_args=1,
+            ),
+        ]
+
+    async def lookup(self, therapist: str, name: str) -> str | None:
+        return await self.repo.get(therapist, name) or self.config.phrases.get(name)
+
+    async def phrase(self, ctx: CommandContext) -> None:
+        sub = ctx.args[0].lower()
+        if sub == "add":
+            parts = ctx.raw_args.split(maxsplit=2)
+            if len(parts) < 3 or not NAME.match(parts[1].lower()):
+                await ctx.reply("Usage: !phrase add <name> <text> (name: a-z, 0-9, - and _)")
+                return
+            name, text = parts[1].lower(), parts[2].strip()
+            problem = check_template(text, PHRASE_PLACEHOLDERS)
+            if problem:
+                await ctx.reply(f"Not saved: {problem}.")
+                return
+            await self.repo.put(ctx.sender, name, text)
+            await ctx.reply(f"Saved phrase {name!r}. Send it in a conversation with !p {name}")
+        elif sub == "list":
+            mine = await self.repo.all(ctx.sender)
+            practice = {k: v for k, v in self.config.phrases.items() if k not in mine}
+            if not mine and not practice:
+                await ctx.reply("No phrases yet. Add one with !phrase add <name> <text>.")
+                return
+            lines = []
+            if mine:
+                lines.append("Your phrases: " + ", ".join(sorted(mine)))
+            if practice:
+                lines.append("Practice phrases: " + ", ".join(sorted(practice)))
+            await ctx.reply("\n".join(lines))
+        elif sub == "show" and len(ctx.args) == 2:
+            found = await self.lookup(ctx.sender, ctx.args[1].lower())
+            await ctx.reply(found if found is not None else f"No phrase called {ctx.args[1]!r}.")
+        elif sub == "remove" and len(ctx.args) == 2:
+            if await self.repo.remove(ctx.sender, ctx.args[1].lower()):
+                await ctx.reply(f"Removed {ctx.args[1].lower()!r}.")
+            elif ctx.args[1].lower() in self.config.phrases:
+                await ctx.reply("That is a practice phrase; an admin changes it in the config.")
+            else:
+                await ctx.reply(f"No phrase called {ctx.args[1]!r}.")
+        else:
+            await ctx.reply(f"Usage: !phrase {USAGE}")
+
+    async def send(self, ctx: CommandContext) -> None:
+        name = ctx.args[0].lower()
+        room = await self.rooms.room(ctx.room_id)
+        if room is None or room.kind not in (DM, GROUP) or room.therapist_id != ctx.sender:
+            await ctx.reply("Use !p inside one of your conversations.")
+            return
+        text = await self.lookup(ctx.sender, name)
+        if text is None:
+            await ctx.reply(f"No phrase called {name!r}. See !phrase list.")
+            return
+        used = placeholders(text)
+        client = await self.rooms.client(room.client_id) if room.client_id else None
+        if used & CLIENT_PLACEHOLDERS and (room.kind != DM or client is None):
+            await ctx.reply(
+                f"{name!r} uses the client's name, which would be shown to everyone here. "
+                "Use it in a 1:1 conversation."
+            )
+            return
+        expanded = render(
+            text,
+            {
+                "client_first_name": client.first_name if client else "",
+                "therapist_name": self.voice.name(ctx.sender),
+                "practice_name": self.config.practice.name,
+                "next_session": "not booked yet",
+            },
+        )
+        speaker = await self.voice.speaker(ctx.sender)
+        content = self.voice.content(ctx.sender, speaker, {"msgtype": "m.text", "body": expanded})
+        await self.outbox.send(f"phrase:{ctx.event_id}", speaker, ctx.room_id, content)
+        await self.gateway.redact(ctx.room_id, ctx.event_id, "phrase sent")

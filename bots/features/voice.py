@@ -1,0 +1,34 @@
+"""Who speaks for a therapist: the therapist themselves through the double-puppet registration
+(after checking the account exists, so nothing is registered by accident), or else the bot,
+with "On behalf of ..." so nobody is misled."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bridge.config import Config
+from bridge.matrix.gateway import MatrixGateway
+
+
+class TherapistVoice:
+    def __init__(self, config: Config, gateway: MatrixGateway) -> None:
+        self.config = config
+        self.gateway = gateway
+        self._exists: dict[str, bool] = {}
+
+    def name(self, user_id: str) -> str:
+        member = self.config.staff_member(user_id)
+        return member.displayname if member else user_id
+
+    async def speaker(self, therapist: str) -> str:
+        if not self.gateway.can_act_as(therapist):
+            return self.gateway.bot_user_id
+        if therapist not in self._exists:
+            self._exists[therapist] = bool(await self.gateway.user_exists(therapist))
+        return therapist if self._exists[therapist] else self.gateway.bot_user_id
+
+    def content(self, therapist: str, speaker: str, content: dict[str, Any]) -> dict[str, Any]:
+        """The content as sent by ``speaker``: marked "on behalf of" when the bot speaks."""
+        if speaker == therapist or not isinstance(content.get("body"), str):
+            return content
+        return {**content, "body": f"On behalf of {self.name(therapist)}: {content['body']}"}
