@@ -97,6 +97,7 @@ class Inbox:
         self.workers.submit(row.room_id, row)
 
     async def _process(self, row: InboxRow) -> None:
+        log.debug("Handling %s %s in %s", row.event.get("type"), row.event_id, row.room_id)
         try:
             with self.metrics.handler_seconds.time():
                 await self.handler(row.event)

@@ -15,7 +15,8 @@ import mautrix.util.logging  # noqa: F401
 from .config import LoggingConfig
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-CAPPED = ("alcove.mau", "mau", "alcove.db.sql", "aiohttp.access")
+# These log request bodies or SQL parameters (message content) at DEBUG: never below INFO.
+CAPPED = ("alcove.mau", "mau", "alcove.db.sql", "aiohttp.access", "aiosqlite", "asyncpg")
 
 
 def setup_logging(config: LoggingConfig) -> None:
@@ -27,3 +28,4 @@ def setup_logging(config: LoggingConfig) -> None:
     for name in CAPPED:
         logging.getLogger(name).setLevel(max(logging.INFO, logging.getLevelName(config.level)))
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one INFO line per job run

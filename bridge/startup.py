@@ -128,12 +128,42 @@ async def set_bot_profile(gateway: MautrixGateway, config: Config) -> None:
         await gateway.set_displayname(config.bot_user_id, config.appservice.bot_displayname)
 
 
+async def ping_with_retries(
+    gateway: MautrixGateway, config: Config, clock: Clock, attempts: int = 5
+) -> float | None:
+    """The ping only makes Synapse retry sooner. A 5xx from Synapse (e.g. while it still has a
+    transaction in flight to an Alcove that was killed) is retried, then tolerated."""
+    delay = 0.5
+    for attempt in range(1, attempts + 1):
+        try:
+            return await ping(gateway, config)
+        except TemporaryError as e:
+            if attempt == attempts:
+                log.warning("Appservice ping kept failing (%s); continuing without it", e)
+                return None
+            log.info("Appservice ping failed (%s); retrying in %.1fs", e, delay)
+            await clock.sleep(delay)
+            delay *= 2
+    return None
+
+
 async def run_startup(gateway: MautrixGateway, config: Config, clock: Clock) -> None:
+    try:
+        await _run_startup(gateway, config, clock)
+    except TemporaryError as e:
+        raise StartupError(
+            f"The homeserver failed during start-up checks ({e}). Check that Synapse is "
+            "healthy (its log says why), then start Alcove again."
+        ) from None
+
+
+async def _run_startup(gateway: MautrixGateway, config: Config, clock: Clock) -> None:
     await wait_for_homeserver(gateway, config, clock)
     await check_token(gateway, config)
     await check_admin(gateway, config)
-    duration = await ping(gateway, config)
-    log.info("Appservice ping OK (Synapse → Alcove in %.0f ms)", duration)
+    duration = await ping_with_retries(gateway, config, clock)
+    if duration is not None:
+        log.info("Appservice ping OK (Synapse → Alcove in %.0f ms)", duration)
     try:
         await set_bot_profile(gateway, config)
     except (PermanentError, TemporaryError) as e:

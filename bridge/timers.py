@@ -4,9 +4,11 @@ the source of truth: owners re-arm their timers from it at start-up; a timer her
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Any
 
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -27,10 +29,20 @@ class Timers:
             self._scheduler.start()
             self._started = True
 
-    def arm(self, job_id: str, when: datetime, callback: Callable[[], Awaitable[None]]) -> None:
-        """Run ``callback`` at ``when`` (aware). Re-arming the same id replaces the timer."""
+    def arm(
+        self,
+        job_id: str,
+        when: datetime,
+        callback: Callable[..., Awaitable[None]],
+        *args: Any,
+    ) -> None:
+        """Await ``callback(*args)`` at ``when`` (aware). Re-arming an id replaces its timer.
+        ``callback`` must be a coroutine function: APScheduler runs anything else in a thread,
+        where a returned coroutine would never be awaited."""
+        if not inspect.iscoroutinefunction(callback):
+            raise TypeError(f"{callback!r} is not a coroutine function")
         self._scheduler.add_job(
-            callback, DateTrigger(run_date=when), id=job_id, replace_existing=True
+            callback, DateTrigger(run_date=when), args=args, id=job_id, replace_existing=True
         )
 
     def cancel(self, job_id: str) -> None:

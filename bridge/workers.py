@@ -78,6 +78,14 @@ class KeyedWorkers(Generic[T]):
         if not tasks:
             return
         _done, pending = await asyncio.wait(tasks, timeout=timeout)
+        if pending:
+            log.warning(
+                "%s: %d lanes still busy after %.0fs, cancelling: %s",
+                self.name,
+                len(pending),
+                timeout,
+                ", ".join(t.get_name() for t in pending),
+            )
         for task in pending:
             task.cancel()
         if pending:

@@ -9,6 +9,8 @@ from typing import Any
 from bridge.config import Config
 from bridge.matrix.gateway import MatrixGateway
 
+AUTOMATED = "org.alcove.automated"
+
 
 class TherapistVoice:
     def __init__(self, config: Config, gateway: MatrixGateway) -> None:
@@ -27,8 +29,20 @@ class TherapistVoice:
             self._exists[therapist] = bool(await self.gateway.user_exists(therapist))
         return therapist if self._exists[therapist] else self.gateway.bot_user_id
 
-    def content(self, therapist: str, speaker: str, content: dict[str, Any]) -> dict[str, Any]:
-        """The content as sent by ``speaker``: marked "on behalf of" when the bot speaks."""
-        if speaker == therapist or not isinstance(content.get("body"), str):
-            return content
-        return {**content, "body": f"On behalf of {self.name(therapist)}: {content['body']}"}
+    def content(
+        self,
+        therapist: str,
+        speaker: str,
+        content: dict[str, Any],
+        *,
+        automated: bool = False,
+    ) -> dict[str, Any]:
+        """The content as sent by ``speaker``: marked "on behalf of" when the bot speaks, and
+        marked automated (scheduled, blast, auto-reply) so it never counts as the therapist's
+        own reply."""
+        out = dict(content)
+        if automated:
+            out[AUTOMATED] = True
+        if speaker != therapist and isinstance(out.get("body"), str):
+            out["body"] = f"On behalf of {self.name(therapist)}: {out['body']}"
+        return out

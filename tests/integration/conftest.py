@@ -76,6 +76,8 @@ async def alcove(
         db_url,
         synapse.dev_secrets["as_port"],
         tmp_path / "alcove.log",
+        # A scheduled message more than 2 s late is marked late (policy: send).
+        extra_env={"ALCOVE__SCHEDULE__GRACE_SECONDS": "2"},
     )
     await process.start()
     yield process

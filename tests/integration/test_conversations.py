@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass
-from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -15,51 +13,14 @@ from mautrix.util.async_db import Database
 
 from bridge.devstack import DevStack
 from tests.support.alcove_process import AlcoveProcess
-from tests.support.matrix_client import Event, MatrixUser, wait_joined
-
-BOT = "@alcove:localhost"
-THERAPIST = "@therapist:localhost"
-
-
-@dataclass
-class Added:
-    user_id: str
-    password: str
-    room_id: str
-    initials: str
-
-
-def from_bot(room: str, contains: str) -> Any:
-    def match(e: Event) -> bool:
-        return (
-            e.get("room_id") == room
-            and e.get("sender") == BOT
-            and contains in e.get("content", {}).get("body", "")
-        )
-
-    return match
-
-
-async def management_room(therapist: MatrixUser) -> str:
-    room = await therapist.create_dm(BOT)
-    await wait_joined(therapist, room, BOT)
-    return room
-
-
-async def add_client(therapist: MatrixUser, mgmt: str, name: str) -> Added:
-    await therapist.send_text(mgmt, f"!client add {name}")
-    reply = await therapist.wait_for(from_bot(mgmt, f"Added {name}"), timeout=30)
-    body = reply["content"]["body"]
-    user_id = re.search(r"as (@c-[a-z0-9]+:localhost)", body)
-    password = re.search(r"Initial password: (\S+)", body)
-    room = re.search(r"matrix\.to/#/(!\S+)", body)
-    initials = re.search(r"shown to other clients as (\S+)\)", body)
-    assert user_id and password and room and initials, body
-    return Added(user_id[1], password[1], room[1], initials[1])
-
-
-async def login(http: aiohttp.ClientSession, synapse: DevStack, added: Added) -> MatrixUser:
-    return await MatrixUser(http, synapse.homeserver_url, added.user_id).login(added.password)
+from tests.support.matrix_client import MatrixUser
+from tests.support.scenario import (
+    THERAPIST,
+    add_client,
+    from_bot,
+    login,
+    management_room,
+)
 
 
 async def test_one_to_one_conversation(

@@ -22,8 +22,10 @@ class AlcoveProcess:
         port: int,
         log_path: Path,
         log_level: str = "DEBUG",
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.log_level = log_level
+        self.extra_env = dict(extra_env or {})
         self.config_path = config_path
         self.homeserver_url = homeserver_url
         self.db_url = db_url
@@ -37,6 +39,7 @@ class AlcoveProcess:
         env["ALCOVE__DATABASE__URL"] = self.db_url
         env["ALCOVE__LOGGING__LEVEL"] = self.log_level
         env["ALCOVE__LOGGING__FILE"] = str(self.log_path)
+        env.update(self.extra_env)
         return env
 
     async def start(self, timeout: float = 60.0) -> None:

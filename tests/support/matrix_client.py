@@ -85,12 +85,16 @@ class MatrixUser:
             self.invites.add(room_id)
         return new
 
-    async def wait_for(self, predicate: Callable[[Event], bool], timeout: float = 15.0) -> Event:
-        """Long-poll /sync until an event matches (already-seen events count)."""
-        for events in self.timeline.values():
-            for event in events:
-                if predicate(event):
-                    return event
+    async def wait_for(
+        self, predicate: Callable[[Event], bool], timeout: float = 15.0, *, fresh: bool = False
+    ) -> Event:
+        """Long-poll /sync until an event matches. Events already seen count, unless ``fresh``
+        (then only events arriving from now on do)."""
+        if not fresh:
+            for events in self.timeline.values():
+                for event in events:
+                    if predicate(event):
+                        return event
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             for event in await self.sync(timeout_ms=int(min(left, 5) * 1000)):

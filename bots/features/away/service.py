@@ -14,7 +14,7 @@ from bridge.config import Config
 from bridge.matrix.outbox import Outbox
 
 from ..conversations.repo import DM, Room
-from ..voice import TherapistVoice
+from ..voice import AUTOMATED, TherapistVoice
 
 MARK = "org.alcove.auto_reply"
 
@@ -75,7 +75,9 @@ class AwayService:
         content = event.get("content") or {}
         sender = event.get("sender")
         if sender == room.therapist_id:
-            await self.db.execute("DELETE FROM auto_reply WHERE room_id = $1", room.room_id)
+            if not content.get(AUTOMATED) and not content.get(MARK):
+                # The therapist wrote: the next away message may go out again.
+                await self.db.execute("DELETE FROM auto_reply WHERE room_id = $1", room.room_id)
             return
         if sender != room.client_id or content.get("msgtype") == "m.notice" or content.get(MARK):
             return
@@ -95,7 +97,9 @@ class AwayService:
         if claimed is None:
             return  # answered within the throttle window
         speaker = await self.voice.speaker(room.therapist_id)
-        body = self.voice.content(room.therapist_id, speaker, {"msgtype": "m.notice", "body": text})
+        body = self.voice.content(
+            room.therapist_id, speaker, {"msgtype": "m.notice", "body": text}, automated=True
+        )
         await self.outbox.send(
             f"away:{event['event_id']}", speaker, room.room_id, {**body, MARK: True}
         )

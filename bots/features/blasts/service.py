@@ -67,7 +67,7 @@ class BlastService:
         self, therapist: str, clients: list[Client], content: dict[str, Any], origin: str
     ) -> BlastResult:
         speaker = await self.voice.speaker(therapist)
-        body = self.voice.content(therapist, speaker, content)
+        body = self.voice.content(therapist, speaker, content, automated=True)
         keys: list[tuple[Client, str]] = []
         result = BlastResult()
         for client in clients:

@@ -78,7 +78,7 @@ class ScheduleService:
 
     def _arm(self, row: Scheduled) -> None:
         when = datetime.fromtimestamp(row.due_at / 1000, UTC)
-        self.timers.arm(f"sched:{row.id}", when, lambda: self.fire(row.id))
+        self.timers.arm(f"sched:{row.id}", when, self.fire, row.id)
 
     async def start(self) -> int:
         """Re-arm every pending message from the database; overdue ones fire at once."""
@@ -104,7 +104,7 @@ class ScheduleService:
             row = await self.repo.get(schedule_id)
             if row is not None and row.status == "pending":
                 retry = datetime.fromtimestamp(ms(self.clock) / 1000 + 30, UTC)
-                self.timers.arm(f"sched:{row.id}", retry, lambda: self.fire(schedule_id))
+                self.timers.arm(f"sched:{row.id}", retry, self.fire, schedule_id)
 
     async def _fire(self, schedule_id: int) -> None:
         row = await self.repo.get(schedule_id)
@@ -124,7 +124,7 @@ class ScheduleService:
             await self._skip(row, next_due)
             return
         speaker = await self.voice.speaker(row.therapist_id)
-        content = self.voice.content(row.therapist_id, speaker, row.content)
+        content = self.voice.content(row.therapist_id, speaker, row.content, automated=True)
         if late and isinstance(content.get("body"), str):
             due_text = local_text(datetime.fromtimestamp(row.due_at / 1000, UTC), self.tz)
             content = {

@@ -1,0 +1,75 @@
+"""Steps a therapist takes in Element, as reusable test helpers."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from bridge.devstack import DevStack
+
+from .matrix_client import Event, MatrixUser, wait_joined
+
+BOT = "@alcove:localhost"
+THERAPIST = "@therapist:localhost"
+
+
+@dataclass
+class Added:
+    user_id: str
+    password: str
+    room_id: str
+    initials: str
+
+
+def from_bot(room: str, contains: str) -> Any:
+    def match(e: Event) -> bool:
+        return (
+            e.get("room_id") == room
+            and e.get("sender") == BOT
+            and contains in e.get("content", {}).get("body", "")
+        )
+
+    return match
+
+
+async def management_room(therapist: MatrixUser) -> str:
+    room = await therapist.create_dm(BOT)
+    await wait_joined(therapist, room, BOT)
+    return room
+
+
+def parse_added(body: str) -> Added:
+    user_id = re.search(r"as (@c-[a-z0-9]+:localhost)", body)
+    password = re.search(r"Initial password: (\S+)", body)
+    room = re.search(r"matrix\.to/#/(!\S+)", body)
+    initials = re.search(r"shown to other clients as (\S+)\)", body)
+    assert user_id and password and room and initials, body
+    return Added(user_id[1], password[1], room[1], initials[1])
+
+
+async def add_client(therapist: MatrixUser, mgmt: str, name: str) -> Added:
+    await therapist.send_text(mgmt, f"!client add {name}")
+    reply = await therapist.wait_for(from_bot(mgmt, f"Added {name}"), timeout=30)
+    return parse_added(reply["content"]["body"])
+
+
+async def add_many(therapist: MatrixUser, mgmt: str, names: list[str]) -> list[Added]:
+    """Send every !client add at once, then collect the replies (faster for many clients)."""
+    for name in names:
+        await therapist.send_text(mgmt, f"!client add {name}")
+    added: list[Added] = []
+    for name in names:
+        reply = await therapist.wait_for(from_bot(mgmt, f"Added {name} as"), timeout=120)
+        added.append(parse_added(reply["content"]["body"]))
+    return added
+
+
+async def login(http: aiohttp.ClientSession, synapse: DevStack, added: Added) -> MatrixUser:
+    return await MatrixUser(http, synapse.homeserver_url, added.user_id).login(added.password)
+
+
+def bodies(events: list[Event]) -> list[str]:
+    return [str(e.get("content", {}).get("body", "")) for e in events]
