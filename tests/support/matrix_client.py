@@ -37,9 +37,11 @@ class MatrixUser:
         """``ignore_own_messages`` syncs with a ``not_senders: [me]`` filter, so /sync wakes only
         for what others send (how a benchmark waits for a reply without counting its own echo)."""
         self.user_id = user_id
-        self.filter: str | None = None
+        # A high timeline limit: the default (10) drops events from a burst ("limited": true).
+        timeline: dict[str, Any] = {"limit": 1000}
         if ignore_own_messages:
-            self.filter = json.dumps({"room": {"timeline": {"not_senders": [user_id]}}})
+            timeline["not_senders"] = [user_id]
+        self.filter: str | None = json.dumps({"room": {"timeline": timeline}})
         self.api = ClientAPI(UserID(user_id), base_url=base_url, client_session=session)
         self.since: str | None = None
         self.timeline: dict[str, list[Event]] = {}
