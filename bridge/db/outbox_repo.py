@@ -80,9 +80,24 @@ class OutboxRepo:
             PENDING,
             now_ms,
         )
+        if seq is not None:  # new: the row is exactly what was just written
+            return OutboxRow(
+                seq,
+                key,
+                sender,
+                room_id,
+                event_type,
+                content,
+                txn_id,
+                PENDING,
+                0,
+                now_ms,
+                None,
+                None,
+            ), True
         row = await self.get(key)
         assert row is not None
-        return row, seq is not None
+        return row, False
 
     async def get(self, key: str) -> OutboxRow | None:
         r = await self.db.fetchrow(f"SELECT {_COLUMNS} FROM outbox WHERE key = $1", key)
