@@ -18,6 +18,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bots.features.schedule.service import ScheduleService
 from bots.features.voice import TherapistVoice
@@ -77,11 +78,13 @@ async def measure(count: int, spread: float, db_url: str, state: Path) -> None:
     start_at = time.time() + 8.0
     dues = [start_at + spread * i / count for i in range(count)]
     content = json.dumps({"msgtype": "m.text", "body": "Bench reminder"})
-    async with db.acquire() as conn, conn.transaction():
+    raw: Any = db  # mautrix annotates acquire() as the connection itself
+    async with raw.acquire() as conn, conn.transaction():
         for i, due in enumerate(dues):
             await conn.execute(
                 "INSERT INTO scheduled_message (therapist_id, room_id, content, rule, due_at,"
-                " status, origin_event, created_at) VALUES ($1, $2, $3, NULL, $4, 'pending', $5, 0)",
+                " status, origin_event, created_at)"
+                " VALUES ($1, $2, $3, NULL, $4, 'pending', $5, 0)",
                 THERAPIST,
                 f"!room{i % 500}:test.local",
                 content,
@@ -95,7 +98,10 @@ async def measure(count: int, spread: float, db_url: str, state: Path) -> None:
     rearm_s = time.perf_counter() - t0
     rss_after = rss_mib()
     await outbox.start()
-    while service.fired < count:
+    deadline = time.monotonic() + spread + 120
+    while service.fired < count:  # noqa: ASYNC110 (a bench polling a counter, with a deadline)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {service.fired} of {count} fired")
         await asyncio.sleep(0.05)
     await outbox.join()
     rows = await db.fetch("SELECT key, created_at FROM outbox WHERE key LIKE 'sched:%'")
