@@ -71,10 +71,25 @@ def recurrence(rule: str, tz: ZoneInfo) -> CronTrigger:
 def next_fire(rule: str, tz: ZoneInfo, after: datetime) -> datetime:
     """The first occurrence of ``rule`` strictly after ``after`` (aware), in UTC."""
     trigger = recurrence(rule, tz)
-    nxt = trigger.get_next_fire_time(None, after + timedelta(seconds=1))
-    if nxt is None:  # a cron rule always has a next time; guard for the type checker
-        raise TimeError(f"{rule!r} never happens")
-    return cast(datetime, nxt).astimezone(UTC)
+    # APScheduler answers "the first time >= now", rounded up to a whole second.
+    start = after + timedelta(microseconds=1)
+    for _ in range(3):
+        nxt = trigger.get_next_fire_time(None, start)
+        if nxt is None:  # a cron rule always has a next time; guard for the type checker
+            raise TimeError(f"{rule!r} never happens")
+        when = cast(datetime, nxt).astimezone(UTC)
+        if not _second_of_repeated_hour(when, tz):
+            return when
+        # When clocks go back, a wall time in the repeated hour happens twice: keep the first
+        # (as parse_local does), so a daily message is not sent twice that night.
+        start = when + timedelta(microseconds=1)
+    raise TimeError(f"{rule!r} has no usable next time")
+
+
+def _second_of_repeated_hour(when: datetime, tz: ZoneInfo) -> bool:
+    local = when.astimezone(tz)
+    first = local.replace(tzinfo=None).replace(tzinfo=tz, fold=0).astimezone(UTC)
+    return first != when
 
 
 def local_text(when: datetime, tz: ZoneInfo) -> str:
