@@ -15,6 +15,7 @@ from bridge.config import Config
 from bridge.db.audit_repo import AuditLog
 from bridge.matrix.gateway import MatrixGateway
 from bridge.matrix.outbox import Outbox
+from bridge.metrics import Metrics
 from bridge.timers import Timers
 
 from .bot_types import notice
@@ -34,6 +35,9 @@ from .features.core.commands import COMMANDS as CORE_COMMANDS
 from .features.phrases.commands import PhraseCommands, PhraseRepo
 from .features.schedule.commands import ScheduleCommands
 from .features.schedule.service import ScheduleService
+from .features.sessions.commands import SessionCommands
+from .features.sessions.repo import SessionRepo
+from .features.sessions.service import SessionService
 from .features.voice import TherapistVoice
 
 log = logging.getLogger("alcove.bot")
@@ -48,6 +52,7 @@ class Bot:
         db: Database,
         clock: Clock,
         timers: Timers | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.gateway = gateway
@@ -61,6 +66,17 @@ class Bot:
             config, db, outbox, voice, self.timers, clock, self.conversations.management_room_for
         )
         self.away = AwayService(config, db, outbox, voice, clock)
+        self.sessions = SessionService(
+            config,
+            SessionRepo(db),
+            gateway,
+            outbox,
+            self.timers,
+            clock,
+            self.conversations,
+            self.audit,
+            metrics,
+        )
         self.awaiting = AwaitingInput(db, clock)
         confirmations = Confirmations(db, clock)
         self.blasts = BlastCommands(
@@ -75,6 +91,7 @@ class Bot:
                 *ScheduleCommands(self.schedule, rooms).specs(),
                 *PhraseCommands(config, PhraseRepo(db), rooms, voice, outbox, gateway).specs(),
                 *AwayCommands(self.away).specs(),
+                *SessionCommands(self.sessions).specs(),
             ]
         )
         self.router = CommandRouter(self.registry, on_refused=self._refused)
@@ -90,11 +107,21 @@ class Bot:
     async def _refused(self, sender: str, command: str, room_id: str) -> None:
         await self.audit.record(sender, "command.refused", None, room_id, command=command)
 
+    async def start_sessions(self) -> None:
+        """First thing at start-up, before any event is processed: sessions whose end passed
+        while Alcove was down are ended and purged; the others' timers are re-armed."""
+        self.timers.start()
+        await self.sessions.start()
+
     async def start(self) -> None:
-        """Start-up work: staff rooms follow the config; scheduled messages are re-armed."""
+        """Start-up work: scheduled messages are re-armed; staff rooms follow the config."""
         self.timers.start()
         await self.schedule.start()
         await self.conversations.reconcile_staff_rooms()
+
+    def keeps_events_of(self, room_id: str) -> bool:
+        """False for text-only session rooms: their events leave the inbox once handled."""
+        return room_id not in self.sessions.room_ids
 
     async def on_invite(self, room_id: str, inviter: str, content: dict[str, Any]) -> None:
         """Staff invite the bot: accept (a DM becomes their management room). Others: decline."""

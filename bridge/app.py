@@ -71,10 +71,17 @@ class Alcove:
             OutboxRepo(self.db), DeviceRepo(self.db), self.gateway, self.clock, self.metrics
         )
         self.timers = Timers()
-        self.bot = Bot(cfg, self.gateway, self.outbox, self.db, self.clock, self.timers)
+        self.bot = Bot(
+            cfg, self.gateway, self.outbox, self.db, self.clock, self.timers, self.metrics
+        )
         self.dispatcher = Dispatcher(cfg.bot_user_id, self.bot, f"@{cfg.appservice.client_prefix}")
         self.inbox = Inbox(
-            InboxRepo(self.db), self.dispatcher.handle, self.clock, self.metrics, cfg.inbox
+            InboxRepo(self.db),
+            self.dispatcher.handle,
+            self.clock,
+            self.metrics,
+            cfg.inbox,
+            keep_row=lambda row: self.bot.keeps_events_of(row.room_id),
         )
         self.catchup = CatchUp(
             self.gateway.recent_events, self.inbox.repo.received_range, self.inbox, self.clock
@@ -105,6 +112,7 @@ class Alcove:
         await run_startup(self.gateway, cfg, self.clock)
         await self.outbox.device_for(cfg.bot_user_id)  # before any send needs it
         await self.outbox.start()
+        await self.bot.start_sessions()  # overdue sessions are purged before anything else
         await self.inbox.start()
         self.catchup.start()
         self.catchup.request("start-up")
@@ -120,6 +128,7 @@ class Alcove:
     async def refresh_metrics(self) -> None:
         await self.inbox.refresh_metrics()
         await self.outbox.refresh_metrics()
+        self.metrics.sessions_pending_purge.set(await self.bot.sessions.repo.pending_purge())
 
     async def _housekeep(self) -> None:
         while True:

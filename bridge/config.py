@@ -122,6 +122,16 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True)
+class SessionsConfig:
+    default_minutes: int = 50
+    reminder_minutes: int = 10
+    warning_minutes: int = 5
+    transcript_timeout_minutes: int = 5
+    purge_poll_seconds: float = 1.0
+    purge_retry_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
 class AwayConfig:
     throttle_hours: float = 4.0
     message: str = "I'm away at the moment and will reply when I'm back."
@@ -157,6 +167,7 @@ class Config:
     phrases: dict[str, str] = field(default_factory=dict)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     away: AwayConfig = field(default_factory=AwayConfig)
+    sessions: SessionsConfig = field(default_factory=SessionsConfig)
     path: Path | None = None
 
     @property
@@ -470,6 +481,20 @@ def _away(s: _Section) -> AwayConfig:
     )
 
 
+def _sessions(s: _Section) -> SessionsConfig:
+    d = SessionsConfig()
+    return SessionsConfig(
+        default_minutes=s.integer("default_minutes", d.default_minutes, low=1, high=24 * 60),
+        reminder_minutes=s.integer("reminder_minutes", d.reminder_minutes, low=0, high=24 * 60),
+        warning_minutes=s.integer("warning_minutes", d.warning_minutes, low=0, high=120),
+        transcript_timeout_minutes=s.integer(
+            "transcript_timeout_minutes", d.transcript_timeout_minutes, low=1, high=120
+        ),
+        purge_poll_seconds=s.number("purge_poll_seconds", d.purge_poll_seconds, low=0.05),
+        purge_retry_seconds=s.number("purge_retry_seconds", d.purge_retry_seconds, low=0.1),
+    )
+
+
 def _logging(s: _Section, base: Path) -> LoggingConfig:
     file = s.raw("file", None)
     return LoggingConfig(
@@ -507,6 +532,7 @@ def parse_config(
         phrases=_phrases(root.raw("phrases", None)),
         schedule=_read(root.section("schedule", required=False), _schedule),
         away=_read(root.section("away", required=False), _away),
+        sessions=_read(root.section("sessions", required=False), _sessions),
         path=path,
     )
     root.warn_unknown()

@@ -46,3 +46,13 @@ class Metrics:
             "alcove_matrix_api_errors_total", "Matrix API errors by kind", ["kind"], registry=r
         )
         self.ready = Gauge("alcove_ready", "1 once start-up checks passed", registry=r)
+        self.session_purge_failures = Counter(
+            "alcove_session_purge_failures_total",
+            "Failed attempts to purge an ended text-only session (each is retried)",
+            registry=r,
+        )
+        self.sessions_pending_purge = Gauge(
+            "alcove_sessions_pending_purge",
+            "Text-only sessions that ended but are not purged yet",
+            registry=r,
+        )

@@ -96,3 +96,18 @@ class MatrixGateway(Protocol):
 
     async def redact(self, room_id: str, event_id: str, reason: str) -> None:
         """Redact as the bot (it is the room creator)."""
+
+    async def room_events(self, room_id: str) -> list[dict[str, Any]]:
+        """Every timeline event of a room the bot is in, oldest first."""
+
+    async def upload(self, data: bytes, filename: str, content_type: str) -> str:
+        """Upload as the bot; returns the mxc:// URI."""
+
+    async def delete_media(self, mxc: str) -> bool:
+        """Delete a local media file (admin API). False if it was already gone."""
+
+    async def delete_room(self, room_id: str) -> str:
+        """Admin room delete v2 with purge and block; returns the delete id to poll."""
+
+    async def delete_status(self, delete_id: str) -> str:
+        """'purging', 'shutting_down', 'complete' or 'failed'."""

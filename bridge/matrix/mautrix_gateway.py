@@ -347,6 +347,78 @@ class MautrixGateway:
             {"reason": reason},
         )
 
+    async def room_events(self, room_id: str) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        token: str | None = None
+        for _ in range(1000):  # 1000 pages of 500: far beyond any session
+            query = {"dir": "b", "limit": "500"}
+            if token:
+                query["from"] = token
+            result = await self.call(
+                self.bot_api, Method.GET, f"{self._room(room_id)}/messages", query=query
+            )
+            chunk = [e for e in result.get("chunk", []) if isinstance(e, dict)]
+            events.extend(chunk)
+            token = result.get("end")
+            if not chunk or not token:
+                break
+        return list(reversed(events))
+
+    async def upload(self, data: bytes, filename: str, content_type: str) -> str:
+        try:
+            result = await self.bot_api.request(
+                Method.POST,
+                PathBuilder("/_matrix/media/v3/upload"),
+                data,
+                headers={"Content-Type": content_type},
+                query_params={"filename": filename},
+                retry_count=0,
+            )
+        except MatrixRequestError as e:
+            raise PermanentError(
+                f"upload failed: {e}", status=getattr(e, "http_status", None)
+            ) from None
+        except (MatrixConnectionError, ClientError, TimeoutError, OSError) as e:
+            raise TemporaryError(f"homeserver unreachable: {e}") from None
+        uri = result.get("content_uri") if isinstance(result, dict) else None
+        if not isinstance(uri, str):
+            raise TemporaryError("upload answered without a content_uri")
+        return uri
+
+    async def delete_media(self, mxc: str) -> bool:
+        server, _, media_id = mxc.removeprefix("mxc://").partition("/")
+        try:
+            await self.call(
+                self.bot_api,
+                Method.DELETE,
+                f"/_synapse/admin/v1/media/{quote(server, safe='')}/{quote(media_id, safe='')}",
+            )
+            return True
+        except PermanentError as e:
+            if e.status == 404:
+                return False
+            raise
+
+    async def delete_room(self, room_id: str) -> str:
+        result = await self.call(
+            self.bot_api,
+            Method.DELETE,
+            f"/_synapse/admin/v2/rooms/{quote(room_id, safe='')}",
+            {"block": True, "purge": True, "message": "This session has ended."},
+        )
+        delete_id = result.get("delete_id")
+        if not isinstance(delete_id, str):
+            raise TemporaryError("room delete answered without a delete_id")
+        return delete_id
+
+    async def delete_status(self, delete_id: str) -> str:
+        result = await self.call(
+            self.bot_api,
+            Method.GET,
+            f"/_synapse/admin/v2/rooms/delete_status/{quote(delete_id, safe='')}",
+        )
+        return str(result.get("status", "unknown"))
+
     async def joined_members(self, room_id: str) -> list[str]:
         result = await self.call(self.bot_api, Method.GET, f"{self._room(room_id)}/joined_members")
         return sorted(result.get("joined", {}))

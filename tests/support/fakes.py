@@ -160,6 +160,29 @@ class RecordingGateway:
         return user_id in self.existing_users
 
     redacted: list[tuple[str, str]] = field(default_factory=list)
+    events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    uploads: dict[str, bytes] = field(default_factory=dict)
+    deleted_media: list[str] = field(default_factory=list)
+    deleted_rooms: list[str] = field(default_factory=list)
+
+    async def room_events(self, room_id: str) -> list[dict[str, Any]]:
+        return list(self.events.get(room_id, []))
+
+    async def upload(self, data: bytes, filename: str, content_type: str) -> str:
+        uri = f"mxc://test.local/upload{len(self.uploads)}"
+        self.uploads[uri] = data
+        return uri
+
+    async def delete_media(self, mxc: str) -> bool:
+        self.deleted_media.append(mxc)
+        return True
+
+    async def delete_room(self, room_id: str) -> str:
+        self.deleted_rooms.append(room_id)
+        return f"delete-{len(self.deleted_rooms)}"
+
+    async def delete_status(self, delete_id: str) -> str:
+        return "complete"
 
     async def redact(self, room_id: str, event_id: str, reason: str) -> None:
         self.redacted.append((room_id, event_id))

@@ -13,6 +13,7 @@ from . import (  # noqa: E402,F401  (import order is version order)
     v01_inbox_outbox,
     v02_conversations,
     v03_therapist_tools,
+    v04_sessions,
 )
 
 __all__ = ["upgrade_table"]

@@ -1,0 +1,143 @@
+"""Consented transcripts: every other participant must answer !consent; one !decline or the
+timeout cancels. The file is rendered in memory, uploaded, and posted to the therapist's
+management room; the audit log keeps who consented, when, and the file's SHA-256 — never text."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bridge.clock import ms
+
+from ...bot_types import notice
+from .repo import OPEN, Session
+from .service import SessionService
+
+ATTACHMENTS = {"m.file", "m.image", "m.audio", "m.video"}
+
+
+class Transcripts:
+    def __init__(self, sessions: SessionService) -> None:
+        self.sessions = sessions
+
+    async def request(self, session: Session) -> str:
+        assert session.room_id
+        others = list(session.clients)
+        minutes = self.sessions.cfg.transcript_timeout_minutes
+        now = ms(self.sessions.clock)
+        await self.sessions.repo.request_transcript(session.id, others, now, now + minutes * 60_000)
+        self.sessions.timers.arm(
+            f"session:{session.id}:transcript",
+            datetime.now(UTC) + timedelta(minutes=minutes),
+            self.expire,
+            session.id,
+            now,
+        )
+        await self.sessions.audit.record(
+            session.therapist_id, "transcript.requested", None, session.room_id, session=session.id
+        )
+        return (
+            f"{self.sessions.conversations.staff_name(session.therapist_id)} asks to keep a "
+            "transcript of this session (a chat-history.txt file for their records). It is only "
+            "made if everyone agrees. Please reply !consent or !decline within "
+            f"{minutes} minutes."
+        )
+
+    async def expire(self, session_id: int, requested_at: int) -> None:
+        pending = await self.sessions.repo.transcript_request(session_id)
+        session = await self.sessions.repo.get(session_id)
+        if pending is None or session is None:
+            return
+        await self.sessions.repo.drop_transcript_request(session_id)
+        await self.sessions.audit.record(
+            self.sessions.bot, "transcript.expired", None, session.room_id, session=session_id
+        )
+        if session.room_id and session.status == OPEN:
+            await self.sessions.outbox.send(
+                f"transcript-expired:{session_id}:{requested_at}",
+                self.sessions.bot,
+                session.room_id,
+                notice("Not everyone answered in time: no transcript is made."),
+            )
+
+    async def answer(self, session: Session, user: str, consent: bool) -> str:
+        pending = await self.sessions.repo.transcript_request(session.id)
+        if pending is None:
+            return "No transcript has been requested in this session."
+        waiting_for, consents, expires = pending
+        if user not in waiting_for:
+            return "Only the other participants are asked for consent."
+        if expires < ms(self.sessions.clock):
+            return "That transcript request has expired."
+        audit = self.sessions.audit
+        if not consent:
+            await self.sessions.repo.drop_transcript_request(session.id)
+            self.sessions.timers.cancel(f"session:{session.id}:transcript")
+            await audit.record(
+                user, "transcript.declined", None, session.room_id, session=session.id
+            )
+            return "A participant declined: no transcript will be made."
+        consents[user] = ms(self.sessions.clock)
+        await self.sessions.repo.record_consent(session.id, consents)
+        await audit.record(user, "transcript.consented", None, session.room_id, session=session.id)
+        missing = [u for u in waiting_for if u not in consents]
+        if missing:
+            return f"Thank you. Waiting for {len(missing)} more participant(s)."
+        await self.sessions.repo.drop_transcript_request(session.id)
+        self.sessions.timers.cancel(f"session:{session.id}:transcript")
+        await self._deliver(session, consents)
+        return "Everyone agreed: the transcript was sent to the therapist."
+
+    async def render(self, session: Session) -> bytes:
+        assert session.room_id
+        conv = self.sessions.conversations
+        tz = self.sessions.config.practice.timezone
+        names: dict[str, str] = {self.sessions.bot: "Alcove"}
+        for client_id in session.clients:
+            client = await conv.repo.client(client_id)
+            names[client_id] = client.initials if client else "Client"
+        names[session.therapist_id] = conv.staff_name(session.therapist_id)
+        lines = [f"Text-only session #{session.id}", ""]
+        for event in await self.sessions.gateway.room_events(session.room_id):
+            content: dict[str, Any] = event.get("content") or {}
+            if event.get("type") != "m.room.message" or event.get("sender") == self.sessions.bot:
+                continue
+            when = datetime.fromtimestamp(int(event.get("origin_server_ts", 0)) / 1000, UTC)
+            who = names.get(str(event.get("sender")), "Participant")
+            body = str(content.get("body", ""))
+            if content.get("msgtype") in ATTACHMENTS:
+                body = f"[attachment: {body}]"
+            lines.append(f"{when.astimezone(tz):%H:%M} {who}: {body}")
+        return ("\n".join(lines) + "\n").encode()
+
+    async def _deliver(self, session: Session, consents: dict[str, int]) -> None:
+        data = await self.render(session)
+        digest = hashlib.sha256(data).hexdigest()
+        uri = await self.sessions.gateway.upload(
+            data, "chat-history.txt", "text/plain; charset=utf-8"
+        )
+        mgmt = await self.sessions.conversations.management_room_for(session.therapist_id)
+        if mgmt is None:
+            raise RuntimeError("the therapist has no management room for the transcript")
+        await self.sessions.outbox.send(
+            f"transcript:{session.id}:{digest}",
+            self.sessions.bot,
+            mgmt,
+            {
+                "msgtype": "m.file",
+                "body": "chat-history.txt",
+                "url": uri,
+                "info": {"mimetype": "text/plain", "size": len(data)},
+            },
+        )
+        await self.sessions.audit.record(
+            self.sessions.bot,
+            "transcript.delivered",
+            session.therapist_id,
+            session.room_id,
+            session=session.id,
+            sha256=digest,
+            size=len(data),
+            consents={u: consents[u] for u in sorted(consents)},
+        )
