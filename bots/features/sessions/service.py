@@ -144,7 +144,9 @@ class SessionService:
             await self.open(session.id)
         else:
             self._arm(session)
-        return session
+        current = await self.repo.get(session.id)
+        assert current is not None
+        return current
 
     async def cancel(self, therapist: str, session_id: int) -> bool:
         session = await self.repo.get(session_id)
