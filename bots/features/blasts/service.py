@@ -70,6 +70,7 @@ class BlastService:
         body = self.voice.content(therapist, speaker, content, automated=True)
         keys: list[tuple[Client, str]] = []
         result = BlastResult()
+        rooms: list[tuple[Client, str]] = []
         for client in clients:
             try:
                 room = await self.conversations.ensure_dm(
@@ -78,9 +79,19 @@ class BlastService:
             except Exception as e:  # one client's room must not stop the others
                 result.failed.append((client, f"no conversation room ({type(e).__name__})"))
                 continue
-            key = f"blast:{origin}:{client.user_id}"
-            await self.outbox.send(key, speaker, room.room_id, body)
-            keys.append((client, key))
+            rooms.append((client, room.room_id))
+        # Every delivery is written down in one transaction (one commit, not one per client),
+        # then handed to the outbox workers.
+        db: Any = self.outbox.repo.db  # mautrix annotates acquire() as the connection itself
+        rows = []
+        async with db.acquire() as conn, conn.transaction():
+            for client, room_id in rooms:
+                key = f"blast:{origin}:{client.user_id}"
+                row, _ = await self.outbox.prepare(key, speaker, room_id, body)
+                rows.append(row)
+                keys.append((client, key))
+        for row in rows:
+            self.outbox.submit(row)
 
         async def outcome(client: Client, key: str) -> None:
             try:
