@@ -53,12 +53,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         print("Add both to app_service_config_files in homeserver.yaml and restart Synapse.")
         return 0
     if args.command == "doctor":
-        from .doctor import render, run_doctor
+        from .doctor import failures, render, run_doctor
 
         config = load_config(args.config)
         checks = asyncio.run(run_doctor(config))
         print(render(checks))
-        return 0 if all(c.ok for c in checks) else 1
+        return 1 if failures(checks) else 0
     if args.command == "run":
         from .app import run_until_signalled
 

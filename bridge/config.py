@@ -65,6 +65,7 @@ class HomeserverConfig:
     domain: str
     verify_ssl: bool = True
     startup_timeout: float = 60.0
+    synapse_config: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -279,7 +280,7 @@ def _read(section: _Section, build: Callable[[_Section], T]) -> T:
 # --------------------------------------------------------------------------- sections
 
 
-def _homeserver(s: _Section) -> HomeserverConfig:
+def _homeserver(s: _Section, base: Path) -> HomeserverConfig:
     address = _url(s, "address")
     domain = s.text("domain")
     if "/" in domain or " " in domain:
@@ -291,6 +292,9 @@ def _homeserver(s: _Section) -> HomeserverConfig:
         domain=domain,
         verify_ssl=s.flag("verify_ssl", True),
         startup_timeout=s.number("startup_timeout", 60.0),
+        synapse_config=(base / str(s.raw("synapse_config")))
+        if s.raw("synapse_config", None)
+        else None,
     )
 
 
@@ -520,7 +524,7 @@ def parse_config(
 ) -> Config:
     """Validate a loaded YAML tree into a Config. ``base`` resolves relative paths."""
     root = _Section(data, "")
-    hs = _read(root.section("homeserver"), _homeserver)
+    hs = _read(root.section("homeserver"), lambda s: _homeserver(s, base))
     config = Config(
         homeserver=hs,
         appservice=_read(root.section("appservice"), lambda s: _appservice(s, base, need_tokens)),

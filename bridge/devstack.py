@@ -149,7 +149,11 @@ class DevStack:
 
     def _write_alcove_config(self, dev: dict[str, Any]) -> None:
         config = {
-            "homeserver": {"address": f"http://127.0.0.1:{dev['hs_port']}", "domain": SERVER_NAME},
+            "homeserver": {
+                "address": f"http://127.0.0.1:{dev['hs_port']}",
+                "domain": SERVER_NAME,
+                "synapse_config": "synapse/homeserver.yaml",
+            },
             "appservice": {
                 "id": "alcove",
                 "address": f"http://127.0.0.1:{dev['as_port']}",
@@ -225,8 +229,10 @@ class DevStack:
                 str(config.appservice.doublepuppet_registration),
             ],
             "default_room_version": "12",
-            # Text-only sessions: redacted content is not kept.
+            # Text-only sessions (README): redacted content is not kept, push notifications
+            # carry no text. (SQLite: the dev stack does not VACUUM; doctor says so.)
             "redaction_retention_period": None,
+            "push": {"include_content": False},
             **_synapse_rate_limits(),
         }
         self.hs_config_path.write_text(

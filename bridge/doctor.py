@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import aiohttp
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
 from .clock import SystemClock
 from .config import Config
@@ -20,6 +22,7 @@ from .startup import (
     ping,
     wait_for_homeserver,
 )
+from .synapse_checks import check_synapse_config
 
 
 async def run_doctor(config: Config, web_timeout: float = 5.0) -> list[Check]:
@@ -55,6 +58,7 @@ async def run_doctor(config: Config, web_timeout: float = 5.0) -> list[Check]:
                 checks.append(Check(name, False, str(e)))
                 if name == "homeserver reachable":
                     break
+        checks.extend(synapse_settings(config))
         dp = read_doublepuppet_token(config.appservice.doublepuppet_registration)
         if dp is None:
             checks.append(
@@ -71,6 +75,34 @@ async def run_doctor(config: Config, web_timeout: float = 5.0) -> list[Check]:
     return checks
 
 
+def synapse_settings(config: Config) -> list[Check]:
+    """The homeserver settings text-only sessions rely on (needs homeserver.synapse_config)."""
+    path = config.homeserver.synapse_config
+    if path is None:
+        return [
+            Check(
+                "homeserver settings for text-only sessions",
+                False,
+                "set homeserver.synapse_config to the path of homeserver.yaml so doctor can check "
+                "redaction retention, push content, URL previews, logging and vacuuming (README).",
+                warning=True,
+            )
+        ]
+    try:
+        hs = YAML(typ="safe").load(path.read_text()) or {}
+    except (OSError, YAMLError) as e:
+        return [
+            Check("homeserver settings for text-only sessions", False, f"cannot read {path}: {e}")
+        ]
+    log_config = None
+    if hs.get("log_config"):
+        try:
+            log_config = YAML(typ="safe").load((path.parent / str(hs["log_config"])).read_text())
+        except (OSError, YAMLError):
+            log_config = None
+    return check_synapse_config(hs, log_config)
+
+
 async def _ping(gateway: MautrixGateway, config: Config) -> None:
     await ping(gateway, config)
 
@@ -81,12 +113,16 @@ def _with_timeout(config: Config, timeout: float) -> Config:
     return replace(config, homeserver=replace(config.homeserver, startup_timeout=timeout))
 
 
+def failures(checks: list[Check]) -> list[Check]:
+    return [c for c in checks if not c.ok and not c.warning]
+
+
 def render(checks: list[Check]) -> str:
     lines = []
     for check in checks:
-        mark = "ok  " if check.ok else "FAIL"
+        mark = "ok  " if check.ok else ("warn" if check.warning else "FAIL")
         lines.append(f"[{mark}] {check.name}" + (f": {check.detail}" if check.detail else ""))
-    bad = sum(not c.ok for c in checks)
+    bad = len(failures(checks))
     lines.append(
         "All checks passed."
         if not bad

@@ -23,6 +23,7 @@ class Check:
     name: str
     ok: bool
     detail: str
+    warning: bool = False  # advice that cannot be verified: shown, but does not fail doctor
 
 
 def token_rejected_message(config: Config) -> str:
