@@ -9,6 +9,7 @@ outbox row is pending and is resent with the same transaction id (Synapse dedupe
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -141,17 +142,7 @@ class ScheduleService:
         self.outbox.submit(out)
         self.fired += 1
         if next_due is not None:
-            self._arm(
-                Scheduled(
-                    row.id,
-                    row.therapist_id,
-                    row.room_id,
-                    row.content,
-                    row.rule,
-                    next_due,
-                    row.status,
-                )
-            )
+            self._arm(replace(row, due_at=next_due))
 
     async def _skip(self, row: Scheduled, next_due: int | None) -> None:
         if not await self.repo.claim(row.id, row.due_at, next_due, SKIPPED):
@@ -170,14 +161,4 @@ class ScheduleService:
                 ),
             )
         if next_due is not None:
-            self._arm(
-                Scheduled(
-                    row.id,
-                    row.therapist_id,
-                    row.room_id,
-                    row.content,
-                    row.rule,
-                    next_due,
-                    row.status,
-                )
-            )
+            self._arm(replace(row, due_at=next_due))
