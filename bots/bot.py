@@ -10,7 +10,7 @@ from typing import Any
 
 from mautrix.util.async_db import Database
 
-from bridge.clock import Clock
+from bridge.clock import Clock, ms
 from bridge.config import Config
 from bridge.db.audit_repo import AuditLog
 from bridge.matrix.gateway import MatrixGateway
@@ -58,6 +58,7 @@ class Bot:
         self.gateway = gateway
         self.outbox = outbox
         self.timers = timers or Timers()
+        self.clock = clock
         self.audit = AuditLog(db, clock)
         rooms = ConversationRepo(db)
         self.conversations = ConversationService(config, gateway, outbox, rooms, self.audit, clock)
@@ -89,12 +90,18 @@ class Bot:
                 *ConversationCommands(self.conversations, confirmations).specs(),
                 *self.blasts.specs(),
                 *ScheduleCommands(self.schedule, rooms).specs(),
-                *PhraseCommands(config, PhraseRepo(db), rooms, voice, outbox, gateway).specs(),
+                *PhraseCommands(
+                    config, PhraseRepo(db), rooms, voice, outbox, gateway, self._next_session
+                ).specs(),
                 *AwayCommands(self.away).specs(),
                 *SessionCommands(self.sessions).specs(),
             ]
         )
         self.router = CommandRouter(self.registry, on_refused=self._refused)
+
+    async def _next_session(self, therapist: str, client_id: str) -> str | None:
+        found = await self.sessions.repo.next_for_client(therapist, client_id, ms(self.clock))
+        return self.sessions.local(found.start_at) if found else None
 
     async def role_of(self, user_id: str) -> str | None:
         member = self.config.staff_member(user_id)

@@ -180,6 +180,13 @@ class Outbox:
             if not fut.done():
                 fut.set_result(row)
 
+    def expect(self, key: str) -> asyncio.Future[OutboxRow]:
+        """A future resolved when the message with ``key`` is sent or given up on. Register it
+        before submitting the row, so a fast delivery cannot be missed and no read is needed."""
+        fut: asyncio.Future[OutboxRow] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(key, []).append(fut)
+        return fut
+
     async def wait(self, key: str, timeout: float | None = None) -> OutboxRow:
         """Wait until the message with ``key`` is sent or given up on."""
         # Register first, then look: a delivery between the two cannot be missed.

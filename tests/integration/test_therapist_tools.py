@@ -183,6 +183,15 @@ async def test_smart_phrases(
 
     await therapist.send_text(mgmt, "!phrase list")
     await therapist.wait_for(from_bot(mgmt, "Your phrases: checkin"))
+    # {next_session} comes from the client's next booked text-only session.
+    await therapist.send_text(mgmt, "!phrase add next Our next session: {next_session}")
+    await therapist.wait_for(from_bot(mgmt, "Saved phrase 'next'"))
+    await therapist.send_text(mgmt, "!session Fay at 2099-02-03 10:00 for 30m")
+    await therapist.wait_for(from_bot(mgmt, "Booked session #"))
+    await therapist.send_text(fay.room_id, "!p next")
+    await client.wait_for(
+        text_from(fay.room_id, THERAPIST, "Our next session: Tue 2099-02-03 10:00 GMT")
+    )
     # A client placeholder in a community room would disclose a name: refused.
     await therapist.send_text(mgmt, '!group create "Fir circle" Fay')
     created = await therapist.wait_for(from_bot(mgmt, "Created 'Fir circle'"), timeout=30)

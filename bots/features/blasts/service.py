@@ -8,9 +8,10 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridge.db.outbox_repo import OutboxRow
 from bridge.matrix.outbox import Outbox
 
-from ..conversations.repo import Client
+from ..conversations.repo import DM, Client
 from ..conversations.service import ClientLookupError, ConversationService
 from ..voice import TherapistVoice
 
@@ -68,11 +69,18 @@ class BlastService:
     ) -> BlastResult:
         speaker = await self.voice.speaker(therapist)
         body = self.voice.content(therapist, speaker, content, automated=True)
-        keys: list[tuple[Client, str]] = []
         result = BlastResult()
+        known = {
+            room.client_id: room.room_id
+            for room in await self.conversations.repo.rooms_of(therapist, DM)
+            if room.client_id
+        }
         rooms: list[tuple[Client, str]] = []
         for client in clients:
-            try:
+            if client.user_id in known:
+                rooms.append((client, known[client.user_id]))
+                continue
+            try:  # no 1:1 yet: create it (with its welcome) first
                 room = await self.conversations.ensure_dm(
                     therapist, client, f"{origin}:{client.user_id}"
                 )
@@ -81,21 +89,28 @@ class BlastService:
                 continue
             rooms.append((client, room.room_id))
         # Every delivery is written down in one transaction (one commit, not one per client),
-        # then handed to the outbox workers.
+        # then handed to the outbox workers, with a waiter per delivery registered first.
         db: Any = self.outbox.repo.db  # mautrix annotates acquire() as the connection itself
         rows = []
         async with db.acquire() as conn, conn.transaction():
             for client, room_id in rooms:
-                key = f"blast:{origin}:{client.user_id}"
-                row, _ = await self.outbox.prepare(key, speaker, room_id, body)
-                rows.append(row)
-                keys.append((client, key))
-        for row in rows:
-            self.outbox.submit(row)
+                row, _ = await self.outbox.prepare(
+                    f"blast:{origin}:{client.user_id}", speaker, room_id, body
+                )
+                rows.append((client, row))
+        waits = []
+        for client, row in rows:
+            if row.status == "pending":
+                waits.append((client, self.outbox.expect(row.key)))
+                self.outbox.submit(row)
+            elif row.status == "sent":  # a re-run after a crash: already delivered
+                result.delivered.append(client)
+            else:
+                result.failed.append((client, row.error or "not accepted"))
 
-        async def outcome(client: Client, key: str) -> None:
+        async def outcome(client: Client, fut: asyncio.Future[OutboxRow]) -> None:
             try:
-                row = await self.outbox.wait(key, WAIT_SECONDS)
+                row = await asyncio.wait_for(fut, WAIT_SECONDS)
             except TimeoutError:
                 result.pending.append(client)
                 return
@@ -104,5 +119,5 @@ class BlastService:
             else:
                 result.failed.append((client, row.error or "not accepted"))
 
-        await asyncio.gather(*(outcome(c, k) for c, k in keys))
+        await asyncio.gather(*(outcome(c, f) for c, f in waits))
         return result

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 
 from mautrix.util.async_db import Database
 
@@ -17,6 +18,7 @@ from ..conversations.repo import DM, GROUP, ConversationRepo
 from ..conversations.rules import render
 from ..voice import TherapistVoice
 
+NextSession = Callable[[str, str], Awaitable[str | None]]
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 CLIENT_PLACEHOLDERS = {"client_first_name"}
 USAGE = "add <name> <text> | list | show <name> | remove <name>"
@@ -65,7 +67,9 @@ class PhraseCommands:
         voice: TherapistVoice,
         outbox: Outbox,
         gateway: MatrixGateway,
+        next_session: NextSession | None = None,
     ) -> None:
+        self.next_session = next_session
         self.config = config
         self.repo = repo
         self.rooms = rooms
@@ -154,13 +158,18 @@ class PhraseCommands:
                 "Use it in a 1:1 conversation."
             )
             return
+        next_session = "not booked yet"
+        if client is not None and self.next_session is not None:
+            found = await self.next_session(ctx.sender, client.user_id)
+            if found:
+                next_session = found
         expanded = render(
             text,
             {
                 "client_first_name": client.first_name if client else "",
                 "therapist_name": self.voice.name(ctx.sender),
                 "practice_name": self.config.practice.name,
-                "next_session": "not booked yet",
+                "next_session": next_session,
             },
         )
         speaker = await self.voice.speaker(ctx.sender)

@@ -93,7 +93,9 @@ class SessionRepo:
 
     async def session_rooms(self) -> set[str]:
         rows = await self.db.fetch(
-            "SELECT room_id FROM text_session WHERE room_id IS NOT NULL AND status <> $1", ENDED
+            "SELECT room_id FROM text_session WHERE room_id IS NOT NULL AND status NOT IN ($1, $2)",
+            ENDED,
+            CANCELLED,
         )
         return {str(r["room_id"]) for r in rows}
 
@@ -106,6 +108,22 @@ class SessionRepo:
             ENDING,
         )
         return [_row(r) for r in rows]
+
+    async def next_for_client(self, therapist: str, client_id: str, now: int) -> Session | None:
+        """The client's next booked session with this therapist (JSON list match on the id)."""
+        rows = await self.db.fetch(
+            f"SELECT {_COLS} FROM text_session WHERE therapist_id = $1 AND status IN ($2, $3)"
+            " AND start_at > $4 ORDER BY start_at",
+            therapist,
+            SCHEDULED,
+            PREPARED,
+            now,
+        )
+        for row in rows:
+            session = _row(row)
+            if client_id in session.clients:
+                return session
+        return None
 
     async def pending_purge(self) -> int:
         return int(

@@ -9,6 +9,7 @@ Alcove keeps no content: session-room events leave the inbox once handled (see k
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,6 +33,7 @@ from .repo import CANCELLED, ENDED, ENDING, LIVE, OPEN, PREPARED, SCHEDULED, Ses
 log = logging.getLogger("alcove.sessions")
 
 ROOM_NAME = "Text-only session"
+CANCELLED_REASON = "cancelled"
 
 
 class PurgeFailed(Exception):
@@ -61,6 +63,11 @@ class SessionService:
         self.audit = audit
         self.metrics = metrics
         self.room_ids: set[str] = set()  # read synchronously by the inbox (keep_row)
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    def _lock(self, session_id: int) -> asyncio.Lock:
+        """One lifecycle step at a time per session (timers can fire together after a restart)."""
+        return self._locks.setdefault(session_id, asyncio.Lock())
 
     @property
     def cfg(self) -> Any:
@@ -95,7 +102,8 @@ class SessionService:
 
     def _arm(self, s: Session) -> None:
         remind_at = s.start_at - self.cfg.reminder_minutes * 60_000
-        if s.status == SCHEDULED and not s.reminded and self.cfg.reminder_minutes:
+        started = s.start_at <= ms(self.clock)
+        if s.status == SCHEDULED and not s.reminded and self.cfg.reminder_minutes and not started:
             self.timers.arm(f"session:{s.id}:remind", self._when(remind_at), self.remind, s.id)
         if s.status in (SCHEDULED, PREPARED):
             self.timers.arm(f"session:{s.id}:open", self._when(s.start_at), self.open, s.id)
@@ -158,8 +166,11 @@ class SessionService:
         if session.room_id is None:
             await self.repo.transition(session_id, (SCHEDULED,), CANCELLED)
         else:  # prepared: the empty room exists already, so it is deleted like any other
-            await self.end(session_id, "cancelled")
-            await self.repo.update(session_id, status=CANCELLED)
+            await self.end(session_id, CANCELLED_REASON)
+            after = await self.repo.get(session_id)
+            if after is not None and after.status == ENDED:
+                await self.repo.update(session_id, status=CANCELLED)
+            # else: the purge is being retried (status ending) and is never dropped
         await self.audit.record(therapist, "session.cancelled", None, None, session=session_id)
         for client_id in session.clients:
             dm = await self.conversations.repo.dm_of(therapist, client_id)
@@ -193,6 +204,10 @@ class SessionService:
         return room_id
 
     async def remind(self, session_id: int) -> None:
+        async with self._lock(session_id):
+            await self._remind(session_id)
+
+    async def _remind(self, session_id: int) -> None:
         session = await self.repo.get(session_id)
         if session is None or session.status != SCHEDULED or session.reminded:
             return
@@ -209,6 +224,10 @@ class SessionService:
         await self._tell(f"session-remind:{session_id}:therapist", mgmt, text)
 
     async def open(self, session_id: int) -> None:
+        async with self._lock(session_id):
+            await self._open(session_id)
+
+    async def _open(self, session_id: int) -> None:
         session = await self.repo.get(session_id)
         if session is None or session.status not in (SCHEDULED, PREPARED):
             return
@@ -231,6 +250,10 @@ class SessionService:
         self._arm(session)
 
     async def warn(self, session_id: int) -> None:
+        async with self._lock(session_id):
+            await self._warn(session_id)
+
+    async def _warn(self, session_id: int) -> None:
         session = await self.repo.get(session_id)
         if session is None or session.status != OPEN or session.warned or not session.room_id:
             return
@@ -264,6 +287,10 @@ class SessionService:
         await self.end(session_id, "time is up")
 
     async def end(self, session_id: int, reason: str) -> None:
+        async with self._lock(session_id):
+            await self._end(session_id, reason)
+
+    async def _end(self, session_id: int, reason: str) -> None:
         session = await self.repo.get(session_id)
         if session is None or session.status in (ENDED, CANCELLED):
             return
@@ -296,7 +323,7 @@ class SessionService:
                 f"({type(error).__name__}). I keep retrying and will not give up; "
                 "an admin can see it in /metrics.",
             )
-        retry_at = datetime.now(UTC) + timedelta(seconds=delay)
+        retry_at = self._when(ms(self.clock)) + timedelta(seconds=delay)
         self.timers.arm(f"session:{session.id}:retry", retry_at, self.end_by_timer, session.id)
 
     async def _purge(self, session: Session, reason: str) -> None:
@@ -328,9 +355,12 @@ class SessionService:
             await self.repo.update(session.id, delete_id=delete_id)
         status = await self._wait_for_delete(delete_id)
         if status != "complete":
+            # Synapse keeps a failed (or, after its restart, forgotten) delete id for good:
+            # forget it, so the next attempt asks for the deletion again.
+            await self.repo.update(session.id, delete_id=None)
             raise PurgeFailed(f"room delete {delete_id} ended with status {status}")
         messages, files_count = await self.repo.purge_counts(session.id)
-        for client_id in session.clients:
+        for client_id in session.clients if reason != CANCELLED_REASON else ():
             dm = await self.conversations.repo.dm_of(session.therapist_id, client_id)
             await self._tell(
                 f"session-ended:{session.id}:{client_id}",
@@ -353,7 +383,12 @@ class SessionService:
     async def _wait_for_delete(self, delete_id: str) -> str:
         status = "unknown"
         for _ in range(int(300 / self.cfg.purge_poll_seconds)):
-            status = await self.gateway.delete_status(delete_id)
+            try:
+                status = await self.gateway.delete_status(delete_id)
+            except PermanentError as e:
+                if e.status == 404:
+                    return "unknown"  # Synapse forgot it (restart): ask again
+                raise
             if status in ("complete", "failed"):
                 return status
             await self.clock.sleep(self.cfg.purge_poll_seconds)

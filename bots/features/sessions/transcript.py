@@ -29,7 +29,7 @@ class Transcripts:
         await self.sessions.repo.request_transcript(session.id, others, now, now + minutes * 60_000)
         self.sessions.timers.arm(
             f"session:{session.id}:transcript",
-            datetime.now(UTC) + timedelta(minutes=minutes),
+            datetime.fromtimestamp(now / 1000, UTC) + timedelta(minutes=minutes),
             self.expire,
             session.id,
             now,
@@ -68,6 +68,8 @@ class Transcripts:
         waiting_for, consents, expires = pending
         if user not in waiting_for:
             return "Only the other participants are asked for consent."
+        if consent and user in consents and any(u not in consents for u in waiting_for):
+            return "Thank you, your consent is recorded."
         if expires < ms(self.sessions.clock):
             return "That transcript request has expired."
         audit = self.sessions.audit
@@ -84,9 +86,11 @@ class Transcripts:
         missing = [u for u in waiting_for if u not in consents]
         if missing:
             return f"Thank you. Waiting for {len(missing)} more participant(s)."
+        # Delivered first, forgotten after: if the upload fails, the consents are still on
+        # record and the retried !consent delivers (the message key dedupes a second send).
+        await self._deliver(session, consents)
         await self.sessions.repo.drop_transcript_request(session.id)
         self.sessions.timers.cancel(f"session:{session.id}:transcript")
-        await self._deliver(session, consents)
         return "Everyone agreed: the transcript was sent to the therapist."
 
     async def render(self, session: Session) -> bytes:
