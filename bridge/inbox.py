@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .batcher import Batcher
 from .clock import Clock, ms
 from .config import InboxConfig
 from .db.inbox_repo import InboxRepo, InboxRow
@@ -49,6 +50,9 @@ class Inbox:
         self._queued: set[int] = set()  # seqs queued or in flight: bounded by pending rows
         self._started = False
         self._lock = asyncio.Lock()
+        # "Handled" marks are group-committed: losing one in a crash only means the event is
+        # handled again, and handlers are idempotent (outbox keys, recorded steps).
+        self._finished: Batcher[tuple[int, int, bool]] = Batcher("inbox-done", repo.finish_many)
 
     async def accept(self, txn_id: str, events: list[dict[str, Any]]) -> int:
         """Persist a transaction's room events. Returns how many were new."""
@@ -85,6 +89,7 @@ class Inbox:
                 else:
                     self._submit(row)
             self._started = True
+        self._finished.start()
         self.retries.start()
         if pending:
             log.info("Resuming %d unprocessed inbox events from before the restart", len(pending))
@@ -108,10 +113,7 @@ class Inbox:
             await self._failed(row, e)
             return
         self._queued.discard(row.seq)
-        if self.keep_row(row):
-            await self.repo.mark_done(row.seq, ms(self.clock))
-        else:
-            await self.repo.delete(row.seq)
+        self._finished.add((row.seq, ms(self.clock), self.keep_row(row)))
         self.metrics.inbox_events.labels(outcome="done").inc()
 
     async def _failed(self, row: InboxRow, error: Exception) -> None:
@@ -162,10 +164,12 @@ class Inbox:
         await self.repo.prune(ms(self.clock) - int(self.config.keep_done_hours * 3600 * 1000))
 
     async def join(self) -> None:
-        """Wait until every submitted event has been handled (tests, shutdown)."""
+        """Wait until every submitted event has been handled and recorded (tests, shutdown)."""
         await self.workers.join()
+        await self._finished.flush()
 
     async def stop(self, timeout: float = 10.0) -> None:
         self._started = False
         await self.retries.stop()
         await self.workers.stop(timeout)
+        await self._finished.stop()

@@ -88,6 +88,17 @@ class InboxRepo:
             seq,
         )
 
+    async def finish_many(self, items: list[tuple[int, int, bool]]) -> None:
+        """(seq, finished at, keep) for each handled event, in one transaction: kept rows are
+        marked done (content dropped), the others deleted (text-only session rooms)."""
+        db: Any = self.db  # mautrix annotates acquire() as the connection itself
+        async with db.acquire() as conn, conn.transaction():
+            for seq, now_ms, keep in items:
+                if keep:
+                    await self.mark_done(seq, now_ms)
+                else:
+                    await self.delete(seq)
+
     async def delete(self, seq: int) -> None:
         await self.db.execute("DELETE FROM inbox_event WHERE seq = $1", seq)
 

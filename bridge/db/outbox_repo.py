@@ -120,6 +120,13 @@ class OutboxRepo:
             seq,
         )
 
+    async def mark_sent_many(self, items: list[tuple[int, str, int]]) -> None:
+        """(seq, event id, sent at) for each, in one transaction (see bridge/batcher.py)."""
+        db: Any = self.db  # mautrix annotates acquire() as the connection itself
+        async with db.acquire() as conn, conn.transaction():
+            for seq, event_id, now_ms in items:
+                await self.mark_sent(seq, event_id, now_ms)
+
     async def mark_retry(self, seq: int, attempts: int, next_attempt_at: int, error: str) -> None:
         await self.db.execute(
             "UPDATE outbox SET attempts = $1, next_attempt_at = $2, error = $3 WHERE seq = $4",

@@ -14,6 +14,7 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+from ..batcher import Batcher
 from ..clock import Clock, ms
 from ..db.outbox_repo import PENDING, SENT, DeviceRepo, OutboxRepo, OutboxRow
 from ..delayed import DelayQueue, backoff
@@ -59,6 +60,9 @@ class Outbox:
         self._device_cache: dict[str, str | None] = {}
         self._device_lock = asyncio.Lock()
         self._started = False
+        # "Sent" marks are group-committed: losing one in a crash only means a resend with the
+        # same transaction id, which Synapse dedupes.
+        self._marks: Batcher[tuple[int, str, int]] = Batcher("outbox-sent", repo.mark_sent_many)
 
     async def send(
         self,
@@ -98,6 +102,7 @@ class Outbox:
     async def start(self) -> int:
         pending = await self.repo.pending()
         self._started = True
+        self._marks.start()
         for row in pending:
             self._submit(row)
         self.retries.start()
@@ -159,9 +164,14 @@ class Outbox:
             await self._give_up(row, attempts, str(e))
             return
         self._queued.discard(row.seq)
-        await self.repo.mark_sent(row.seq, event_id, ms(self.clock))
         self.metrics.outbox_sent.inc()
-        self._resolve(_with(row, status=SENT, event_id=event_id, content=None, attempts=attempts))
+        sent = _with(row, status=SENT, event_id=event_id, content=None, attempts=attempts)
+        written = self._marks.add((row.seq, event_id, ms(self.clock)))
+        written.add_done_callback(lambda f: self._after_mark(f, sent))
+
+    def _after_mark(self, _written: asyncio.Future[None], sent: OutboxRow) -> None:
+        """Waiters learn of a delivery once its batch of marks was written."""
+        self._resolve(sent)
 
     async def _give_up(self, row: OutboxRow, attempts: int, reason: str) -> None:
         log.error(
@@ -211,11 +221,13 @@ class Outbox:
 
     async def join(self) -> None:
         await self.workers.join()
+        await self._marks.flush()
 
     async def stop(self, timeout: float = 10.0) -> None:
         self._started = False
         await self.retries.stop()
         await self.workers.stop(timeout)
+        await self._marks.stop()
 
 
 def _with(row: OutboxRow, **changes: Any) -> OutboxRow:
