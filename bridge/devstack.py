@@ -80,6 +80,10 @@ class DevStack:
     database_url: str | None = None
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        # Synapse runs with its own working directory: every path handed to it is absolute.
+        self.state_dir = Path(self.state_dir).resolve()
+
     # ------------------------------------------------------------------ files
 
     @property
@@ -123,7 +127,7 @@ class DevStack:
         config = load_config(self.config_path, environ={})
         self._write_synapse_config(dev, config)
         if not (syn / "signing.key").exists():
-            subprocess.run(
+            result = subprocess.run(
                 [
                     sys.executable,
                     "-m",
@@ -132,10 +136,16 @@ class DevStack:
                     str(self.hs_config_path),
                     "--generate-keys",
                 ],
-                check=True,
+                check=False,
                 cwd=syn,
                 capture_output=True,
+                text=True,
             )
+            if result.returncode != 0:
+                raise StartupError(
+                    "Synapse could not generate its signing key "
+                    f"(exit {result.returncode}):\n{(result.stdout + result.stderr)[-2000:]}"
+                )
         return config
 
     @property

@@ -1,0 +1,33 @@
+"""bridge/devstack.py: the dev stack works from any working directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from bridge.devstack import DevStack
+
+
+def test_a_relative_state_dir_becomes_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    stack = DevStack(Path(".alcove-dev"))
+    assert stack.state_dir == tmp_path / ".alcove-dev"
+    assert stack.hs_config_path.is_absolute()
+
+
+def test_prepare_from_a_relative_dir_writes_absolute_synapse_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make run` passes `.alcove-dev`; Synapse runs in another working directory."""
+    monkeypatch.chdir(tmp_path)
+    stack = DevStack(Path("state"))
+    config = stack.prepare()  # runs Synapse's --generate-keys from its own directory
+    assert (tmp_path / "state" / "synapse" / "signing.key").exists()
+    hs = stack.hs_config_path.read_text()
+    assert str(tmp_path / "state" / "synapse" / "homeserver.db") in hs
+    assert config.appservice.registration.is_absolute()
+    assert os.access(config.appservice.registration, os.R_OK)
