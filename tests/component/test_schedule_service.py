@@ -5,7 +5,6 @@ recurrences, the late policy, cancel and the re-arm at start-up."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,7 +25,14 @@ from bridge.matrix.outbox import Outbox, txn_id_for
 from bridge.metrics import Metrics
 from bridge.timers import Timers
 from tests.support.builders import DOMAIN, make_config
-from tests.support.fakes import FakeClock, RecordingGateway, Sent
+from tests.support.fakes import (
+    FakeClock,
+    RecordingGateway,
+    RecordingTimers,
+    Sent,
+    from_ms,
+    to_ms,
+)
 
 THERAPIST = f"@therapist:{DOMAIN}"
 OTHER_THERAPIST = f"@other:{DOMAIN}"
@@ -35,48 +41,6 @@ ROOM = "!client-dm:test.local"
 MGMT = "!management:test.local"
 START = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)  # a Saturday, GMT
 TEXT = {"msgtype": "m.text", "body": "Remember to fill in your mood diary"}
-
-
-def to_ms(when: datetime) -> int:
-    return int(when.timestamp() * 1000)
-
-
-def from_ms(value: int) -> datetime:
-    return datetime.fromtimestamp(value / 1000, UTC)
-
-
-@dataclass
-class Armed:
-    when: datetime
-    callback: Callable[..., Awaitable[None]]
-    args: tuple[Any, ...]
-
-
-class RecordingTimers(Timers):
-    """Timers that only remember what is armed; a test runs a timer with ``run``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.armed: dict[str, Armed] = {}
-        self.cancelled: list[str] = []
-
-    def arm(
-        self, job_id: str, when: datetime, callback: Callable[..., Awaitable[None]], *args: Any
-    ) -> None:
-        if not inspect.iscoroutinefunction(callback):
-            raise TypeError(f"{callback!r} is not a coroutine function")
-        self.armed[job_id] = Armed(when, callback, args)
-
-    def cancel(self, job_id: str) -> None:
-        self.cancelled.append(job_id)
-        self.armed.pop(job_id, None)
-
-    def count(self) -> int:
-        return len(self.armed)
-
-    async def run(self, job_id: str) -> None:
-        armed = self.armed.pop(job_id)
-        await armed.callback(*armed.args)
 
 
 @dataclass

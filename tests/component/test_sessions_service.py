@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import inspect
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,9 +39,14 @@ from bridge.inbox import Inbox
 from bridge.matrix.gateway import TemporaryError
 from bridge.matrix.outbox import Outbox
 from bridge.metrics import Metrics
-from bridge.timers import Timers
 from tests.support.builders import DOMAIN, make_config, message
-from tests.support.fakes import FakeClock, RecordingGateway, Sent
+from tests.support.fakes import (
+    FakeClock,
+    RecordingGateway,
+    RecordingTimers,
+    Sent,
+    to_ms,
+)
 
 THERAPIST = f"@therapist:{DOMAIN}"
 OTHER_THERAPIST = f"@other:{DOMAIN}"
@@ -53,48 +57,6 @@ SECRET = "I have never told anyone about the lighthouse"
 SECRET_2 = "my sister knows about the boat"
 LOCAL_FILE = f"mxc://{DOMAIN}/abc"
 REMOTE_FILE = "mxc://elsewhere/x"
-
-
-def to_ms(when: datetime) -> int:
-    return int(when.timestamp() * 1000)
-
-
-def from_ms(value: int) -> datetime:
-    return datetime.fromtimestamp(value / 1000, UTC)
-
-
-@dataclass
-class Armed:
-    when: datetime
-    callback: Callable[..., Awaitable[None]]
-    args: tuple[Any, ...]
-
-
-class RecordingTimers(Timers):
-    """Timers that only remember what is armed; a test runs a timer with ``run``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.armed: dict[str, Armed] = {}
-        self.cancelled: list[str] = []
-
-    def arm(
-        self, job_id: str, when: datetime, callback: Callable[..., Awaitable[None]], *args: Any
-    ) -> None:
-        if not inspect.iscoroutinefunction(callback):
-            raise TypeError(f"{callback!r} is not a coroutine function")
-        self.armed[job_id] = Armed(when, callback, args)
-
-    def cancel(self, job_id: str) -> None:
-        self.cancelled.append(job_id)
-        self.armed.pop(job_id, None)
-
-    def count(self) -> int:
-        return len(self.armed)
-
-    async def run(self, job_id: str) -> None:
-        armed = self.armed.pop(job_id)
-        await armed.callback(*armed.args)
 
 
 @dataclass

@@ -4,12 +4,15 @@ pretend to be a homeserver; integration tests use a real Synapse for that."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from bridge.matrix.gateway import MatrixSendError
+from bridge.timers import Timers
 
 
 class FakeClock:
@@ -191,3 +194,45 @@ class RecordingGateway:
         return [
             str(s.content.get("body")) for s in self.sent if room_id is None or s.room_id == room_id
         ]
+
+
+def to_ms(when: datetime) -> int:
+    return int(when.timestamp() * 1000)
+
+
+def from_ms(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1000, UTC)
+
+
+@dataclass
+class Armed:
+    when: datetime
+    callback: Callable[..., Awaitable[None]]
+    args: tuple[Any, ...]
+
+
+class RecordingTimers(Timers):
+    """Timers that only remember what is armed; a test runs a timer with ``run``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed: dict[str, Armed] = {}
+        self.cancelled: list[str] = []
+
+    def arm(
+        self, job_id: str, when: datetime, callback: Callable[..., Awaitable[None]], *args: Any
+    ) -> None:
+        if not inspect.iscoroutinefunction(callback):
+            raise TypeError(f"{callback!r} is not a coroutine function")
+        self.armed[job_id] = Armed(when, callback, args)
+
+    def cancel(self, job_id: str) -> None:
+        self.cancelled.append(job_id)
+        self.armed.pop(job_id, None)
+
+    def count(self) -> int:
+        return len(self.armed)
+
+    async def run(self, job_id: str) -> None:
+        armed = self.armed.pop(job_id)
+        await armed.callback(*armed.args)
