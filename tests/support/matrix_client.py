@@ -33,6 +33,7 @@ class MatrixUser:
         user_id: str,
         *,
         ignore_own_messages: bool = False,
+        only_rooms: list[str] | None = None,
     ) -> None:
         """``ignore_own_messages`` syncs with a ``not_senders: [me]`` filter, so /sync wakes only
         for what others send (how a benchmark waits for a reply without counting its own echo)."""
@@ -41,7 +42,10 @@ class MatrixUser:
         timeline: dict[str, Any] = {"limit": 1000}
         if ignore_own_messages:
             timeline["not_senders"] = [user_id]
-        self.filter: str | None = json.dumps({"room": {"timeline": timeline}})
+        room_filter: dict[str, Any] = {"timeline": timeline}
+        if only_rooms is not None:  # Synapse then computes (and wakes for) these rooms only
+            room_filter["rooms"] = only_rooms
+        self.filter: str | None = json.dumps({"room": room_filter})
         self.api = ClientAPI(UserID(user_id), base_url=base_url, client_session=session)
         self.since: str | None = None
         self.timeline: dict[str, list[Event]] = {}
