@@ -33,6 +33,7 @@ class Batcher(Generic[T]):
         self._items: list[tuple[T, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._writing = asyncio.Lock()
 
     def start(self) -> None:
         if self._task is None:
@@ -52,6 +53,12 @@ class Batcher(Generic[T]):
             await self.flush()
 
     async def flush(self) -> None:
+        """Write everything added so far. Returns only when it is written — including items a
+        concurrent flush (the loop's) had already taken and is still writing."""
+        async with self._writing:
+            await self._flush_locked()
+
+    async def _flush_locked(self) -> None:
         while self._items:
             batch, self._items = self._items[: self.max_items], self._items[self.max_items :]
             try:

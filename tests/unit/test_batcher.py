@@ -57,3 +57,26 @@ async def test_a_failed_write_is_logged_and_does_not_block(
     await asyncio.wait_for(batcher.add(2), 2)
     assert calls == 2
     await batcher.stop()
+
+
+async def test_flush_waits_for_a_write_already_in_progress() -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+    written: list[int] = []
+
+    async def write(items: list[int]) -> None:
+        started.set()
+        await release.wait()
+        written.extend(items)
+
+    batcher: Batcher[int] = Batcher("t", write, max_delay=0)
+    batcher.start()
+    batcher.add(1)
+    await asyncio.wait_for(started.wait(), 2)  # the loop has taken item 1 and is writing it
+    flushing = asyncio.create_task(batcher.flush())
+    await asyncio.sleep(0.01)
+    assert not flushing.done()  # must not return while item 1 is not written yet
+    release.set()
+    await asyncio.wait_for(flushing, 2)
+    assert written == [1]
+    await batcher.stop()
