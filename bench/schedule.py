@@ -18,13 +18,12 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from bots.features.schedule.service import ScheduleService
 from bots.features.voice import TherapistVoice
 from bridge.clock import SystemClock
 from bridge.config import DatabaseConfig
-from bridge.db.database import open_database
+from bridge.db.database import open_database, transaction
 from bridge.db.outbox_repo import DeviceRepo, OutboxRepo
 from bridge.matrix.outbox import Outbox
 from bridge.metrics import Metrics
@@ -78,8 +77,7 @@ async def measure(count: int, spread: float, db_url: str, state: Path) -> None:
     start_at = time.time() + 8.0
     dues = [start_at + spread * i / count for i in range(count)]
     content = json.dumps({"msgtype": "m.text", "body": "Bench reminder"})
-    raw: Any = db  # mautrix annotates acquire() as the connection itself
-    async with raw.acquire() as conn, conn.transaction():
+    async with transaction(db) as conn:
         for i, due in enumerate(dues):
             await conn.execute(
                 "INSERT INTO scheduled_message (therapist_id, room_id, content, rule, due_at,"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from mautrix.util.async_db import Database, UnsupportedDatabaseVersion
@@ -12,6 +14,16 @@ from ..errors import StartupError
 from .migrations import upgrade_table
 
 log = logging.getLogger("alcove.db")
+
+
+@asynccontextmanager
+async def transaction(db: Database) -> AsyncIterator[Any]:
+    """One database transaction; repository calls made inside it (through ``db``) join it, as
+    mautrix keeps the connection in a context variable. (mautrix annotates ``acquire()`` as the
+    connection itself, hence the ``Any``.)"""
+    raw: Any = db
+    async with raw.acquire() as conn, conn.transaction():
+        yield conn
 
 
 def is_sqlite(url: str) -> bool:

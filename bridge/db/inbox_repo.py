@@ -8,6 +8,8 @@ from typing import Any
 
 from mautrix.util.async_db import Database
 
+from .database import transaction
+
 PENDING = "pending"
 DONE = "done"
 FAILED = "failed"
@@ -49,25 +51,21 @@ class InboxRepo:
             " next_attempt_at, received_at) VALUES ($1, $2, $3, $4, $5, 0, $6, $6)"
             " ON CONFLICT (event_id) DO NOTHING RETURNING seq"
         )
-        db: Any = self.db  # mautrix annotates acquire() as the connection, not a context manager
-        async with db.acquire() as conn:
-            async with conn.transaction():
-                for event in events:
-                    seq = await conn.fetchval(
-                        q,
-                        event["event_id"],
-                        event["room_id"],
-                        txn_id,
-                        json.dumps(event),
-                        PENDING,
-                        now_ms,
+        async with transaction(self.db) as conn:
+            for event in events:
+                seq = await conn.fetchval(
+                    q,
+                    event["event_id"],
+                    event["room_id"],
+                    txn_id,
+                    json.dumps(event),
+                    PENDING,
+                    now_ms,
+                )
+                if seq is not None:
+                    new.append(
+                        InboxRow(seq, event["event_id"], event["room_id"], event, 0, now_ms, now_ms)
                     )
-                    if seq is not None:
-                        new.append(
-                            InboxRow(
-                                seq, event["event_id"], event["room_id"], event, 0, now_ms, now_ms
-                            )
-                        )
         return new
 
     async def pending(self) -> list[InboxRow]:
@@ -91,8 +89,7 @@ class InboxRepo:
     async def finish_many(self, items: list[tuple[int, int, bool]]) -> None:
         """(seq, finished at, keep) for each handled event, in one transaction: kept rows are
         marked done (content dropped), the others deleted (text-only session rooms)."""
-        db: Any = self.db  # mautrix annotates acquire() as the connection itself
-        async with db.acquire() as conn, conn.transaction():
+        async with transaction(self.db):
             for seq, now_ms, keep in items:
                 if keep:
                     await self.mark_done(seq, now_ms)

@@ -8,6 +8,8 @@ from typing import Any
 
 from mautrix.util.async_db import Database
 
+from .database import transaction
+
 PENDING = "pending"
 SENT = "sent"
 FAILED = "failed"
@@ -122,8 +124,7 @@ class OutboxRepo:
 
     async def mark_sent_many(self, items: list[tuple[int, str, int]]) -> None:
         """(seq, event id, sent at) for each, in one transaction (see bridge/batcher.py)."""
-        db: Any = self.db  # mautrix annotates acquire() as the connection itself
-        async with db.acquire() as conn, conn.transaction():
+        async with transaction(self.db):
             for seq, event_id, now_ms in items:
                 await self.mark_sent(seq, event_id, now_ms)
 

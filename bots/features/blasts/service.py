@@ -8,6 +8,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridge.db.database import transaction
 from bridge.db.outbox_repo import OutboxRow
 from bridge.matrix.outbox import Outbox
 
@@ -90,9 +91,8 @@ class BlastService:
             rooms.append((client, room.room_id))
         # Every delivery is written down in one transaction (one commit, not one per client),
         # then handed to the outbox workers, with a waiter per delivery registered first.
-        db: Any = self.outbox.repo.db  # mautrix annotates acquire() as the connection itself
         rows = []
-        async with db.acquire() as conn, conn.transaction():
+        async with transaction(self.outbox.repo.db):
             for client, room_id in rooms:
                 row, _ = await self.outbox.prepare(
                     f"blast:{origin}:{client.user_id}", speaker, room_id, body

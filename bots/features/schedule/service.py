@@ -17,6 +17,7 @@ from mautrix.util.async_db import Database
 
 from bridge.clock import Clock, ms
 from bridge.config import Config
+from bridge.db.database import transaction
 from bridge.matrix.outbox import Outbox
 from bridge.timers import Timers
 
@@ -132,8 +133,7 @@ class ScheduleService:
                 **content,
                 "body": f"{content['body']}\n(Scheduled for {due_text}; sent late.)",
             }
-        db: Any = self.db  # mautrix annotates acquire() as the connection itself
-        async with db.acquire() as conn, conn.transaction():
+        async with transaction(self.db):
             if not await self.repo.claim(row.id, row.due_at, next_due, DONE):
                 return  # fired already (a concurrent timer or a previous run)
             out, _ = await self.outbox.prepare(
