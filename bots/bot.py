@@ -61,8 +61,10 @@ class Bot:
         self.clock = clock
         self.audit = AuditLog(db, clock)
         rooms = ConversationRepo(db)
-        self.conversations = ConversationService(config, gateway, outbox, rooms, self.audit, clock)
         voice = TherapistVoice(config, gateway)
+        self.conversations = ConversationService(
+            config, gateway, outbox, rooms, self.audit, clock, voice
+        )
         self.schedule = ScheduleService(
             config, db, outbox, voice, self.timers, clock, self.conversations.management_room_for
         )

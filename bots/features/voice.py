@@ -16,7 +16,7 @@ class TherapistVoice:
     def __init__(self, config: Config, gateway: MatrixGateway) -> None:
         self.config = config
         self.gateway = gateway
-        self._exists: dict[str, bool] = {}
+        self._exists: set[str] = set()  # only positive answers: an account may be created later
 
     def name(self, user_id: str) -> str:
         member = self.config.staff_member(user_id)
@@ -26,8 +26,10 @@ class TherapistVoice:
         if not self.gateway.can_act_as(therapist):
             return self.gateway.bot_user_id
         if therapist not in self._exists:
-            self._exists[therapist] = bool(await self.gateway.user_exists(therapist))
-        return therapist if self._exists[therapist] else self.gateway.bot_user_id
+            if not await self.gateway.user_exists(therapist):
+                return self.gateway.bot_user_id
+            self._exists.add(therapist)
+        return therapist
 
     def content(
         self,

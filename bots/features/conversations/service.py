@@ -17,6 +17,7 @@ from bridge.db.audit_repo import AuditLog
 from bridge.matrix.gateway import MatrixGateway, PermanentError
 
 from ...bot_types import Sender, notice
+from ..voice import TherapistVoice
 from . import rules
 from .repo import CARE, DM, GROUP, TEAM, Client, ConversationRepo, Room
 
@@ -43,9 +44,11 @@ class ConversationService:
         repo: ConversationRepo,
         audit: AuditLog,
         clock: Clock,
+        voice: TherapistVoice | None = None,
     ) -> None:
         self.config = config
         self.gateway = gateway
+        self.voice = voice or TherapistVoice(config, gateway)
         self.outbox = outbox
         self.repo = repo
         self.audit = audit
@@ -54,10 +57,6 @@ class ConversationService:
     @property
     def bot(self) -> str:
         return self.gateway.bot_user_id
-
-    def staff_name(self, user_id: str) -> str:
-        member = self.config.staff_member(user_id)
-        return member.displayname if member else user_id
 
     # ------------------------------------------------------------------ clients
 
@@ -132,22 +131,24 @@ class ConversationService:
             await self.audit.record(therapist, "room.created", client.user_id, room_id, kind=DM)
         await self.gateway.join_room(client.user_id, room.room_id)
         await self._mark_direct(client.user_id, therapist, room.room_id)
-        speaker = await self._join_staff_if_possible(therapist, room.room_id)
+        speaker = await self.join_as_staff(therapist, room.room_id)
         if speaker == therapist:
             await self._mark_direct(therapist, client.user_id, room.room_id)
         await self._welcome(room, therapist, client, speaker)
         return room
 
-    async def _join_staff_if_possible(self, staff: str, room_id: str) -> str:
-        """Accept the invite for a staff member through the double puppet when it is installed
-        and the account exists (never act as an unknown account). Returns who should speak."""
-        if self.gateway.can_act_as(staff) and await self.gateway.user_exists(staff):
-            try:
-                await self.gateway.join_room(staff, room_id)
-                return staff
-            except PermanentError as e:
-                log.warning("Could not join %s to %s as them: %s", staff, room_id, e)
-        return self.bot
+    async def join_as_staff(self, staff: str, room_id: str) -> str:
+        """Accept the invite for a staff member when Alcove may speak for them (see
+        TherapistVoice). Returns who should speak in the room: them, or the bot."""
+        speaker = await self.voice.speaker(staff)
+        if speaker != staff:
+            return speaker
+        try:
+            await self.gateway.join_room(staff, room_id)
+            return staff
+        except PermanentError as e:
+            log.warning("Could not join %s to %s as them: %s", staff, room_id, e)
+            return self.bot
 
     async def _mark_direct(self, user_id: str, other: str, room_id: str) -> None:
         current = await self.gateway.get_account_data(user_id, "m.direct") or {}
@@ -163,15 +164,12 @@ class ConversationService:
             self.config.practice.welcome,
             {
                 "client_first_name": client.first_name,
-                "therapist_name": self.staff_name(therapist),
+                "therapist_name": self.voice.name(therapist),
                 "practice_name": self.config.practice.name,
             },
         )
-        if speaker != therapist:
-            text = f"On behalf of {self.staff_name(therapist)}: {text}"
-        await self.outbox.send(
-            f"welcome:{room.room_id}", speaker, room.room_id, {"msgtype": "m.text", "body": text}
-        )
+        content = self.voice.content(therapist, speaker, {"msgtype": "m.text", "body": text})
+        await self.outbox.send(f"welcome:{room.room_id}", speaker, room.room_id, content)
 
     # ------------------------------------------------------------------ community rooms
 
@@ -186,7 +184,7 @@ class ConversationService:
             room = Room(room_id, GROUP, therapist, None, title)
             await self.repo.add_room(room, ms(self.clock), origin_event)
             await self.audit.record(therapist, "room.created", None, room_id, kind=GROUP)
-        await self._join_staff_if_possible(therapist, room.room_id)
+        await self.join_as_staff(therapist, room.room_id)
         for client in clients:
             await self._join_group(room, client, therapist)
         return room

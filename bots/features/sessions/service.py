@@ -136,7 +136,7 @@ class SessionService:
             await self._tell(
                 f"session-booked:{session.id}:{client.user_id}",
                 dm.room_id,
-                f"A text-only session with {self.conversations.staff_name(therapist)} is booked "
+                f"A text-only session with {self.conversations.voice.name(therapist)} is booked "
                 f"for {when} ({minutes} minutes). Its messages are deleted when it ends.",
             )
         await self.audit.record(
@@ -236,7 +236,7 @@ class SessionService:
             await self.gateway.invite(room_id, user)
         for client_id in session.clients:
             await self.gateway.join_room(client_id, room_id)
-        await self.conversations._join_staff_if_possible(session.therapist_id, room_id)
+        await self.conversations.join_as_staff(session.therapist_id, room_id)
         await self.repo.update(session_id, status=OPEN, reminded=True)
         await self._tell(
             f"session-open:{session_id}",

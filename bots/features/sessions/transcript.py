@@ -38,7 +38,7 @@ class Transcripts:
             session.therapist_id, "transcript.requested", None, session.room_id, session=session.id
         )
         return (
-            f"{self.sessions.conversations.staff_name(session.therapist_id)} asks to keep a "
+            f"{self.sessions.conversations.voice.name(session.therapist_id)} asks to keep a "
             "transcript of this session (a chat-history.txt file for their records). It is only "
             "made if everyone agrees. Please reply !consent or !decline within "
             f"{minutes} minutes."
@@ -101,7 +101,7 @@ class Transcripts:
         for client_id in session.clients:
             client = await conv.repo.client(client_id)
             names[client_id] = client.initials if client else "Client"
-        names[session.therapist_id] = conv.staff_name(session.therapist_id)
+        names[session.therapist_id] = conv.voice.name(session.therapist_id)
         lines = [f"Text-only session #{session.id}", ""]
         for event in await self.sessions.gateway.room_events(session.room_id):
             content: dict[str, Any] = event.get("content") or {}

@@ -1,0 +1,28 @@
+"""bots/features/voice.py: who speaks for a therapist."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bots.features.voice import AUTOMATED, TherapistVoice
+from tests.support.builders import make_config
+from tests.support.fakes import RecordingGateway
+
+THERAPIST = "@therapist:test.local"
+
+
+async def test_an_account_created_later_is_spoken_for_then(tmp_path: Path) -> None:
+    gateway = RecordingGateway()
+    voice = TherapistVoice(make_config(tmp_path), gateway)
+    assert await voice.speaker(THERAPIST) == gateway.bot_user_id  # no account yet
+    gateway.existing_users.add(THERAPIST)
+    assert await voice.speaker(THERAPIST) == THERAPIST
+
+
+async def test_without_the_double_puppet_the_bot_speaks_on_behalf(tmp_path: Path) -> None:
+    gateway = RecordingGateway(doublepuppet=False, existing_users={THERAPIST})
+    voice = TherapistVoice(make_config(tmp_path), gateway)
+    speaker = await voice.speaker(THERAPIST)
+    assert speaker == gateway.bot_user_id
+    content = voice.content(THERAPIST, speaker, {"msgtype": "m.text", "body": "Hi"}, automated=True)
+    assert content == {"msgtype": "m.text", "body": "On behalf of Dr T: Hi", AUTOMATED: True}
