@@ -22,7 +22,6 @@ from .gateway import MatrixSendError, PermanentError, TemporaryError
 
 log = logging.getLogger("alcove.matrix")
 
-DEVICE_ID = "ALCOVE"
 DEVICE_NAME = "Alcove"
 
 
@@ -418,10 +417,6 @@ class MautrixGateway:
             f"/_synapse/admin/v2/rooms/delete_status/{quote(delete_id, safe='')}",
         )
         return str(result.get("status", "unknown"))
-
-    async def joined_members(self, room_id: str) -> list[str]:
-        result = await self.call(self.bot_api, Method.GET, f"{self._room(room_id)}/joined_members")
-        return sorted(result.get("joined", {}))
 
     # ------------------------------------------------------------------ start-up probes
 

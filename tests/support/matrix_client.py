@@ -3,7 +3,6 @@ the way Element would: log in, create rooms, send, and long-poll /sync for what 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -177,7 +176,3 @@ async def wait_joined(user: MatrixUser, room_id: str, member: str, timeout: floa
         ),
         timeout,
     )
-
-
-def run(coro: Any) -> Any:
-    return asyncio.get_event_loop().run_until_complete(coro)

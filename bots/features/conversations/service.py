@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from bridge.clock import Clock, ms
 from bridge.config import Config
@@ -348,6 +347,3 @@ class ConversationService:
 
     async def note_management_room(self, user_id: str, room_id: str) -> None:
         await self.repo.set_management_room(user_id, room_id)
-
-    def as_notice(self, text: str) -> dict[str, Any]:
-        return notice(text)
