@@ -25,6 +25,7 @@ from .gateway import MatrixGateway, PermanentError, TemporaryError
 log = logging.getLogger("alcove.outbox")
 
 DEVICE_ID = "ALCOVE"
+UNKNOWN_DEVICE = "M_UNKNOWN_DEVICE"
 
 
 def txn_id_for(sender: str, key: str) -> str:
@@ -58,6 +59,7 @@ class Outbox:
         self._queued: set[int] = set()
         self._waiters: dict[str, list[asyncio.Future[OutboxRow]]] = {}
         self._device_cache: dict[str, str | None] = {}
+        self._device_epoch: dict[str, int] = {}
         self._device_lock = asyncio.Lock()
         self._started = False
         # "Sent" marks are group-committed: losing one in a crash only means a resend with the
@@ -127,14 +129,43 @@ class Outbox:
             self._device_cache[user_id] = device
             return device
 
+    async def renew_device(self, user_id: str, epoch: int) -> None:
+        """The homeserver says the acting device is gone (the user signed out of all sessions,
+        or an admin reset the password): create it again. Only once for all the sends that
+        failed with the old one: ``epoch`` is the generation they used."""
+        async with self._device_lock:
+            if self._device_epoch.get(user_id, 0) != epoch:
+                return  # another send already renewed it
+            self._device_epoch[user_id] = epoch + 1
+            log.warning(
+                "The acting device of %s was deleted on the homeserver; recreating it", user_id
+            )
+            device = DEVICE_ID if await self.gateway.ensure_device(user_id, DEVICE_ID) else None
+            if device is not None:
+                await self.devices.put(user_id, device)
+            self._device_cache[user_id] = device
+
     async def _deliver(self, row: OutboxRow) -> None:
         assert row.content is not None
         attempts = row.attempts + 1
+        epoch = self._device_epoch.get(row.sender, 0)
+        device: str | None = None
         try:
             device = await self.device_for(row.sender)
             event_id = await self.gateway.send_event(
                 row.sender, row.room_id, row.event_type, row.content, row.txn_id, device
             )
+        except PermanentError as e:
+            if e.errcode != UNKNOWN_DEVICE or device is None or attempts >= self.max_attempts:
+                self._queued.discard(row.seq)
+                await self._give_up(row, attempts, str(e))
+                return
+            await self.renew_device(row.sender, epoch)
+            self._queued.discard(row.seq)
+            self.metrics.outbox_retries.inc()
+            await self.repo.mark_retry(row.seq, attempts, ms(self.clock), str(e)[:500])
+            self._submit(_with(row, attempts=attempts))
+            return
         except TemporaryError as e:
             self._queued.discard(row.seq)
             if attempts >= self.max_attempts:
@@ -158,10 +189,6 @@ class Outbox:
             next_at = ms(self.clock) + int(delay * 1000)
             await self.repo.mark_retry(row.seq, attempts, next_at, str(e)[:500])
             self.retries.add(delay, _with(row, attempts=attempts, next_attempt_at=next_at))
-            return
-        except PermanentError as e:
-            self._queued.discard(row.seq)
-            await self._give_up(row, attempts, str(e))
             return
         self._queued.discard(row.seq)
         self.metrics.outbox_sent.inc()

@@ -167,3 +167,39 @@ async def test_wait_sees_a_message_already_sent(db: Database) -> None:
     row = await asyncio.wait_for(outbox.wait("k"), 2)
     await outbox.stop()
     assert row.status == "sent"
+
+
+async def test_a_deleted_device_is_recreated_once_and_the_sends_go_through(db: Database) -> None:
+    """The therapist signed out of all sessions (or an admin reset the password): Synapse
+    deleted Alcove's device and answers M_UNKNOWN_DEVICE to every send that names it."""
+    therapist = "@therapist:test.local"
+    gw = RecordingGateway()
+    outbox = make_outbox(db, gw)
+    await outbox.start()
+    await outbox.send("before", therapist, "!r0:x", text("before"))
+    await outbox.join()
+    gw.deleted_devices.add((therapist, DEVICE_ID))
+    # five sends in flight with the old device
+    rows = [
+        (await outbox.prepare(f"k{i}", therapist, f"!r{i + 1}:x", text(f"m{i}")))[0]
+        for i in range(5)
+    ]
+    for row in rows:
+        outbox.submit(row)
+    rows = [await outbox.wait(f"k{i}", timeout=5) for i in range(5)]
+    await outbox.stop()
+    assert [r.status for r in rows] == ["sent"] * 5
+    assert sorted(gw.bodies()) == ["before", "m0", "m1", "m2", "m3", "m4"]
+    # created at first use, then once more, not once per failed send
+    assert gw.devices.count((therapist, DEVICE_ID)) == 2
+
+
+async def test_unknown_device_without_recovery_gives_up_after_max_attempts(db: Database) -> None:
+    gw = RecordingGateway()
+    outbox = make_outbox(db, gw, max_attempts=3)
+    await outbox.start()
+    gw.failures = [PermanentError("device gone", status=400, errcode="M_UNKNOWN_DEVICE")] * 10
+    await outbox.send("k", "@therapist:test.local", "!r:x", text("x"))
+    row = await outbox.wait("k", timeout=5)
+    await outbox.stop()
+    assert row.status == "failed" and row.attempts == 3

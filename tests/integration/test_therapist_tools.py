@@ -12,6 +12,7 @@ import aiohttp
 from mautrix.util.async_db import Database
 
 from bridge.devstack import DevStack
+from bridge.matrix.outbox import DEVICE_ID
 from tests.support.alcove_process import AlcoveProcess
 from tests.support.matrix_client import Event, MatrixUser
 from tests.support.scenario import (
@@ -93,6 +94,48 @@ async def test_blast_reaches_each_client_in_their_own_room(
     # Clients cannot blast.
     await clients[0].send_text(people[0].room_id, "!blast all hi")
     await clients[0].wait_for(from_bot(people[0].room_id, "Only therapists can use !blast"))
+
+
+async def test_sends_as_therapist_survive_signing_out_of_all_other_sessions(
+    alcove: AlcoveProcess,
+    therapist: MatrixUser,
+    synapse: DevStack,
+    http: aiohttp.ClientSession,
+    passwords: dict[str, str],
+) -> None:
+    """The therapist signs out of every other session in Element, which deletes the device
+    Alcove acts through; the next blast still arrives (Alcove recreates the device)."""
+    mgmt = await management_room(therapist)
+    person = await add_client(therapist, mgmt, "Dora Dogwood")
+    await therapist.send_text(mgmt, "!blast Dora Before signing out")
+    await therapist.wait_for(from_bot(mgmt, "Delivered to 1 of 1"), timeout=60)
+
+    status, devices = await therapist.raw("GET", "/_matrix/client/v3/devices")
+    assert status == 200
+    others = [
+        d["device_id"] for d in devices["devices"] if d["device_id"] != therapist.api.device_id
+    ]
+    assert DEVICE_ID in others
+    body: dict[str, object] = {"devices": others}
+    status, challenge = await therapist.raw("POST", "/_matrix/client/v3/delete_devices", body)
+    assert status == 401, challenge
+    body["auth"] = {
+        "type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": THERAPIST},
+        "password": passwords[THERAPIST],
+        "session": challenge["session"],
+    }
+    status, _ = await therapist.raw("POST", "/_matrix/client/v3/delete_devices", body)
+    assert status == 200
+    _, devices = await therapist.raw("GET", "/_matrix/client/v3/devices")
+    assert DEVICE_ID not in [d["device_id"] for d in devices["devices"]]
+
+    await therapist.send_text(mgmt, "!blast Dora After signing out")
+    report = await therapist.wait_for(from_bot(mgmt, "Delivered to"), timeout=60, fresh=True)
+    assert report["content"]["body"].startswith("Delivered to 1 of 1 clients; failed: 0.")
+    assert await count_in(therapist, person.room_id, "After signing out") == 1
+    _, devices = await therapist.raw("GET", "/_matrix/client/v3/devices")
+    assert DEVICE_ID in [d["device_id"] for d in devices["devices"]]
 
 
 async def test_scheduled_messages(

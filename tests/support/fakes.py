@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from bridge.matrix.gateway import MatrixSendError
+from bridge.matrix.gateway import MatrixSendError, PermanentError
 from bridge.timers import Timers
 
 
@@ -60,6 +60,8 @@ class RecordingGateway:
     failures: list[MatrixSendError] = field(default_factory=list)
     """Errors to raise, one per send attempt, before sends start succeeding."""
     device_ok: bool = True
+    deleted_devices: set[tuple[str, str]] = field(default_factory=set)
+    """(user, device) pairs the homeserver has deleted: sends naming one get M_UNKNOWN_DEVICE."""
     _txn_events: dict[tuple[str, str], str] = field(default_factory=dict)
 
     async def send_event(
@@ -73,8 +75,15 @@ class RecordingGateway:
     ) -> str:
         attempt = Sent(sender, room_id, event_type, content, txn_id, device_id, time.monotonic())
         self.attempts.append(attempt)
+        await asyncio.sleep(0)  # a request in flight: others may start meanwhile
         if self.failures:
             raise self.failures.pop(0)
+        if device_id is not None and (sender, device_id) in self.deleted_devices:
+            raise PermanentError(
+                "Application service trying to use a device that doesn't exist",
+                status=400,
+                errcode="M_UNKNOWN_DEVICE",
+            )
         # Like Synapse: the same (sender, device, txn id) yields the same event, sent once.
         key = (f"{sender}/{device_id}", txn_id)
         if key not in self._txn_events:
@@ -84,6 +93,8 @@ class RecordingGateway:
 
     async def ensure_device(self, user_id: str, device_id: str) -> bool:
         self.devices.append((user_id, device_id))
+        await asyncio.sleep(0)
+        self.deleted_devices.discard((user_id, device_id))
         return self.device_ok
 
     async def join_room(self, user_id: str, room_id: str) -> None:
