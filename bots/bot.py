@@ -18,7 +18,7 @@ from bridge.matrix.outbox import Outbox
 from bridge.metrics import Metrics
 from bridge.timers import Timers
 
-from .bot_types import notice
+from .bot_types import notice, split_text
 from .commands.awaiting import AwaitingInput
 from .commands.confirm import Confirmations
 from .commands.context import CommandContext
@@ -178,10 +178,11 @@ class Bot:
 
         async def reply(text: str) -> None:
             nonlocal replies
-            replies += 1
-            await self.outbox.send(
-                f"reply:{event_id}:{replies}", self.gateway.bot_user_id, room_id, notice(text)
-            )
+            for part in split_text(text):
+                replies += 1
+                await self.outbox.send(
+                    f"reply:{event_id}:{replies}", self.gateway.bot_user_id, room_id, notice(part)
+                )
 
         role = await self.role_of(sender)
         if is_command:

@@ -15,6 +15,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from mautrix.util.async_db import Database
 
 from bots.bot import Bot
+from bots.bot_types import MAX_BODY_BYTES
+from bots.features.conversations.repo import Client, ConversationRepo
 from bridge.config import Config
 from bridge.db.inbox_repo import InboxRepo
 from bridge.db.outbox_repo import DeviceRepo, OutboxRepo
@@ -200,3 +202,21 @@ async def test_appservice_ping_and_queries(stack: Stack) -> None:
     assert resp.status == 401
     resp = await stack.client.get("/_matrix/app/v1/users/@c-x:test.local", headers=AUTH)
     assert resp.status == 404
+
+
+async def test_a_reply_too_long_for_one_event_goes_out_in_parts(stack: Stack, db: Database) -> None:
+    """Synapse refuses an event over 64 KiB: `!client list` for 1,500 clients must still arrive,
+    every client once, in several notices."""
+    repo = ConversationRepo(db)
+    names = [f"Client{i:04d} Longsurname-Doublebarrelled" for i in range(1500)]
+    for i, name in enumerate(names):
+        await repo.add_client(
+            Client(f"@c-{i:06d}:{DOMAIN}", THERAPIST, name, "C.L.", None), f"$origin{i}", 0
+        )
+    assert await put_txn(stack, "30", [message("!dm:x", THERAPIST, "!client list")]) == 200
+    await stack.settle()
+    parts = stack.gateway.bodies("!dm:x")
+    assert len(parts) > 1
+    assert all(len(p.encode()) <= MAX_BODY_BYTES for p in parts)
+    text = "\n".join(parts)
+    assert all(text.count(name) == 1 for name in names)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -78,6 +79,8 @@ class RecordingGateway:
         await asyncio.sleep(0)  # a request in flight: others may start meanwhile
         if self.failures:
             raise self.failures.pop(0)
+        if len(json.dumps(content).encode()) > 65_536:  # Synapse's limit is for the whole event
+            raise PermanentError("event too large", status=413, errcode="M_TOO_LARGE")
         if device_id is not None and (sender, device_id) in self.deleted_devices:
             raise PermanentError(
                 "Application service trying to use a device that doesn't exist",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from ...commands.awaiting import AwaitingInput
@@ -9,6 +10,9 @@ from ...commands.confirm import Confirmations
 from ...commands.context import CommandContext
 from ...commands.spec import CommandSpec
 from .service import AudienceError, BlastResult, BlastService
+
+LISTED_FAILURES = 50
+"""Failures named one by one in the report; the rest are counted by reason."""
 
 USAGE = "<all | group:<title> | client,client,...> [message]"
 
@@ -107,8 +111,11 @@ def report(result: BlastResult) -> str:
     lines = [
         f"Delivered to {len(result.delivered)} of {total} clients; failed: {len(result.failed)}."
     ]
-    for client, reason in result.failed:
+    for client, reason in result.failed[:LISTED_FAILURES]:
         lines.append(f"• {client.full_name} ({client.user_id}): {reason}")
+    rest = Counter(reason for _, reason in result.failed[LISTED_FAILURES:])
+    for reason, count in rest.most_common():
+        lines.append(f"• {count} more: {reason}")
     if result.pending:
         lines.append(
             f"{len(result.pending)} still being retried: "
