@@ -341,7 +341,12 @@ class DevStack:
                 password = dev["passwords"][user.localpart]
                 async with http.put(
                     f"/_synapse/admin/v2/users/{quote(user_id)}",
-                    json={"password": password, "displayname": user.displayname, "admin": False},
+                    json={
+                        "password": password,
+                        "logout_devices": False,  # a restart must not sign staff out
+                        "displayname": user.displayname,
+                        "admin": False,
+                    },
                     headers=auth,
                 ) as resp:
                     if resp.status not in (200, 201):

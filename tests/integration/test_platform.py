@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 from mautrix.util.async_db import Database
 
-from bridge.config import Config
+from bridge.config import Config, load_config
 from bridge.devstack import DevStack, free_port
 from bridge.matrix.outbox import txn_id_for
 from tests.support.alcove_process import AlcoveProcess
@@ -255,3 +255,14 @@ async def test_doctor_reports_wrong_token(synapse: DevStack, db_url: str) -> Non
     assert result.returncode == 1
     assert "[FAIL] as_token accepted (whoami)" in result.stdout
     assert "app_service_config_files" in result.stdout
+
+
+async def test_restarting_the_dev_stack_keeps_staff_signed_in(
+    synapse: DevStack, therapist: MatrixUser
+) -> None:
+    """`alcove dev` re-applies the demo accounts at every start: that must not sign the
+    therapist out of Element (nor delete the device Alcove acts through)."""
+    assert (await therapist.raw("GET", "/_matrix/client/v3/account/whoami"))[0] == 200
+    await synapse.bootstrap(load_config(synapse.config_path, environ={}))
+    status, body = await therapist.raw("GET", "/_matrix/client/v3/account/whoami")
+    assert status == 200, body
