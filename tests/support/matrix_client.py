@@ -42,7 +42,9 @@ class MatrixUser:
         if ignore_own_messages:
             timeline["not_senders"] = [user_id]
         room_filter: dict[str, Any] = {"timeline": timeline}
-        if only_rooms is not None:  # Synapse then computes (and wakes for) these rooms only
+        # Synapse then computes these rooms only, but a waiting /sync is still woken (and
+        # recomputed) for each event in any of the user's rooms: costly with hundreds of rooms.
+        if only_rooms is not None:
             room_filter["rooms"] = only_rooms
         self.filter: str | None = json.dumps({"room": room_filter})
         self.api = ClientAPI(UserID(user_id), base_url=base_url, client_session=session)
