@@ -101,6 +101,54 @@ class OutboxRepo:
         assert row is not None
         return row, False
 
+    async def insert_many(
+        self, items: list[tuple[str, str, str, str, dict[str, Any], str]], now_ms: int
+    ) -> list[OutboxRow]:
+        """(key, sender, room_id, event_type, content, txn_id) for each: one statement for all,
+        keys that exist already are kept as they are. Returns the rows, in the items' order."""
+        if not items:
+            return []
+        values = []
+        args: list[Any] = [PENDING, now_ms]
+        for key, sender, room_id, event_type, content, txn_id in items:
+            n = len(args)
+            values.append(
+                f"(${n + 1}, ${n + 2}, ${n + 3}, ${n + 4}, ${n + 5}, ${n + 6}, $1, 0, $2, $2)"
+            )
+            args += [key, sender, room_id, event_type, json.dumps(content), txn_id]
+        inserted = await self.db.fetch(
+            "INSERT INTO outbox (key, sender, room_id, event_type, content, txn_id, status,"
+            " attempts, next_attempt_at, created_at) VALUES "
+            + ", ".join(values)
+            + " ON CONFLICT (key) DO NOTHING RETURNING seq, key",
+            *args,
+        )
+        seqs = {r["key"]: r["seq"] for r in inserted}
+        rows = []
+        for key, sender, room_id, event_type, content, txn_id in items:
+            if key in seqs:
+                rows.append(
+                    OutboxRow(
+                        seqs[key],
+                        key,
+                        sender,
+                        room_id,
+                        event_type,
+                        content,
+                        txn_id,
+                        PENDING,
+                        0,
+                        now_ms,
+                        None,
+                        None,
+                    )
+                )
+            else:  # written before (a re-run after a crash): as it is now
+                existing = await self.get(key)
+                assert existing is not None
+                rows.append(existing)
+        return rows
+
     async def get(self, key: str) -> OutboxRow | None:
         r = await self.db.fetchrow(f"SELECT {_COLUMNS} FROM outbox WHERE key = $1", key)
         return _row(r) if r else None
@@ -124,9 +172,13 @@ class OutboxRepo:
 
     async def mark_sent_many(self, items: list[tuple[int, str, int]]) -> None:
         """(seq, event id, sent at) for each, in one transaction (see bridge/batcher.py)."""
+        # One statement for the batch (one database round trip, not one per message).
         async with transaction(self.db):
-            for seq, event_id, now_ms in items:
-                await self.mark_sent(seq, event_id, now_ms)
+            await self.db.executemany(
+                "UPDATE outbox SET status = $1, event_id = $2, sent_at = $3, content = NULL,"
+                " error = NULL WHERE seq = $4",
+                [(SENT, event_id, now_ms, seq) for seq, event_id, now_ms in items],
+            )
 
     async def mark_retry(self, seq: int, attempts: int, next_attempt_at: int, error: str) -> None:
         await self.db.execute(

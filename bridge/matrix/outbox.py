@@ -97,6 +97,18 @@ class Outbox:
             key, sender, room_id, event_type, content, txn_id_for(sender, key), ms(self.clock)
         )
 
+    async def prepare_many(
+        self, items: list[tuple[str, str, str, dict[str, Any]]], event_type: str = "m.room.message"
+    ) -> list[OutboxRow]:
+        """``prepare`` for many (key, sender, room_id, content) in one statement."""
+        return await self.repo.insert_many(
+            [
+                (key, sender, room_id, event_type, content, txn_id_for(sender, key))
+                for key, sender, room_id, content in items
+            ],
+            ms(self.clock),
+        )
+
     def submit(self, row: OutboxRow) -> None:
         if self._started and row.status == PENDING:
             self._submit(row)

@@ -203,3 +203,27 @@ async def test_unknown_device_without_recovery_gives_up_after_max_attempts(db: D
     row = await outbox.wait("k", timeout=5)
     await outbox.stop()
     assert row.status == "failed" and row.attempts == 3
+
+
+async def test_prepare_many_keeps_existing_rows_and_the_order(db: Database) -> None:
+    gw = RecordingGateway()
+    outbox = make_outbox(db, gw)
+    await outbox.start()
+    await outbox.send("old", BOT, "!r:x", text("old"))
+    await outbox.join()
+    rows = await outbox.prepare_many(
+        [
+            ("new1", BOT, "!a:x", text("n1")),
+            ("old", BOT, "!r:x", text("changed")),
+            ("new2", "@therapist:test.local", "!b:x", text("n2")),
+        ]
+    )
+    assert [r.key for r in rows] == ["new1", "old", "new2"]
+    assert [r.status for r in rows] == ["pending", "sent", "pending"]
+    assert rows[2].txn_id == txn_id_for("@therapist:test.local", "new2")
+    for row in rows:
+        outbox.submit(row)
+    await outbox.join()
+    await outbox.stop()
+    assert gw.bodies() == ["old", "n1", "n2"]
+    assert await outbox.prepare_many([]) == []

@@ -77,6 +77,12 @@ class CrashingOutbox(Outbox):
         await super().prepare(key, sender, room_id, content, event_type)
         raise RuntimeError("simulated crash before commit")
 
+    async def prepare_many(
+        self, items: list[tuple[str, str, str, dict[str, Any]]], event_type: str = "m.room.message"
+    ) -> list[OutboxRow]:
+        await super().prepare_many(items, event_type)
+        raise RuntimeError("simulated crash before commit")
+
 
 @dataclass
 class World:
@@ -667,3 +673,54 @@ async def test_crash_before_the_timer_fired_is_sent_once_after_restart(build: Bu
     sent = await restarted.sent_to(ROOM)
     assert len(sent) == 1
     assert sent[0].content["body"] == TEXT["body"]
+
+
+async def test_timers_firing_together_share_one_transaction_and_each_sends_once(
+    world: World,
+) -> None:
+    """One-off, recurring and not-yet-due messages whose timers fire in the same moment: the
+    one-offs go out in one batch, the others take their own path, nothing twice."""
+    due = START + timedelta(hours=1)
+    once = [
+        await world.create(due, f"$o{i}", content={"msgtype": "m.text", "body": f"one-off {i}"})
+        for i in range(30)
+    ]
+    weekly = await world.create(
+        due, "$w", rule="monday 09:00", content={"msgtype": "m.text", "body": "weekly"}
+    )
+    later = await world.create(
+        due + timedelta(hours=2), "$l", content={"msgtype": "m.text", "body": "later"}
+    )
+    world.advance_to(due)
+    batches: list[int] = []
+    get_many = world.service.repo.get_many
+
+    async def counting(ids: list[int]) -> Any:
+        batches.append(len(ids))
+        return await get_many(ids)
+
+    world.service.repo.get_many = counting  # type: ignore[method-assign]
+    ids = [r.id for r in once] + [weekly.id, later.id]
+    await asyncio.gather(*(world.service.fire(i) for i in ids + ids))  # every timer twice
+    bodies = sorted(str(s.content["body"]) for s in await world.sent_to(ROOM))
+    assert bodies == sorted([f"one-off {i}" for i in range(30)] + ["weekly"])
+    assert batches == [32]  # the duplicates were folded, everything read in one query
+    assert world.service.fired == 31
+    assert [(await world.row(r.id)).status for r in once] == [DONE] * 30
+    assert (await world.row(weekly.id)).status == PENDING  # re-armed for next week
+    assert (await world.row(later.id)).status == PENDING
+    assert f"sched:{later.id}" in world.timers.armed  # woken early: armed again
+
+
+async def test_a_batch_rerun_after_a_crash_after_commit_sends_nothing_twice(build: Build) -> None:
+    first = await build()
+    due = START + timedelta(hours=1)
+    rows = [await first.create(due, f"$c{i}") for i in range(5)]
+    first.advance_to(due)
+    await asyncio.gather(*(first.service.fire(r.id) for r in rows))
+    await first.outbox.join()
+    restarted = await build(gateway=first.gateway, clock=first.clock)
+    assert await restarted.service.start() == 0  # nothing left pending
+    await asyncio.gather(*(restarted.service.fire(r.id) for r in rows))
+    assert len(await restarted.sent_to(ROOM)) == 5
+    assert len(await restarted.outbox_keys()) == 5

@@ -76,6 +76,31 @@ class ScheduleRepo:
         )
         return _row(row) if row else None
 
+    async def get_many(self, ids: list[int]) -> list[Scheduled]:
+        if not ids:
+            return []
+        marks = ", ".join(f"${i + 1}" for i in range(len(ids)))
+        rows = await self.db.fetch(
+            f"SELECT {_COLS} FROM scheduled_message WHERE id IN ({marks})", *ids
+        )
+        return [_row(r) for r in rows]
+
+    async def claim_once_many(self, ids: list[int]) -> set[int]:
+        """Close the pending one-off messages among ``ids``; returns the ids this call closed
+        (a row already closed by another caller is not among them)."""
+        if not ids:
+            return set()
+        marks = ", ".join(f"${i + 3}" for i in range(len(ids)))
+        rows = await self.db.fetch(
+            "UPDATE scheduled_message SET status = $1, content = '{}',"
+            " fired_count = fired_count + 1"
+            f" WHERE status = $2 AND rule IS NULL AND id IN ({marks}) RETURNING id",
+            DONE,
+            PENDING,
+            *ids,
+        )
+        return {int(r["id"]) for r in rows}
+
     async def pending(self) -> list[Scheduled]:
         rows = await self.db.fetch(
             f"SELECT {_COLS} FROM scheduled_message WHERE status = $1 ORDER BY due_at", PENDING

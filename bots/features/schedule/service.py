@@ -3,11 +3,14 @@
 create → row (truth) + timer.  timer → fire(id):
     one transaction { claim the row (move due_at / close it) ; outbox row with key
                       sched:<id>:<due_at> } → after commit, hand the outbox row to a worker.
+Messages whose timers fire together share one such transaction (10,000 due in 20 s would
+otherwise be 10,000 commits, each a round of database calls).
 A crash before the commit: the row is still due and fires at start-up. A crash after: the
 outbox row is pending and is resent with the same transaction id (Synapse dedupes)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -27,6 +30,9 @@ from .repo import DONE, SKIPPED, Scheduled, ScheduleRepo
 from .timeparse import local_text, next_fire
 
 log = logging.getLogger("alcove.schedule")
+
+FIRE_BATCH = 200
+"""At most this many messages are fired in one transaction."""
 
 
 class ScheduleService:
@@ -49,6 +55,8 @@ class ScheduleService:
         self.clock = clock
         self.management_room = management_room  # async (user_id) -> room_id | None
         self.fired = 0
+        self._due: list[tuple[int, asyncio.Future[None]]] = []
+        self._draining: asyncio.Task[None] | None = None
 
     @property
     def tz(self) -> Any:
@@ -98,6 +106,70 @@ class ScheduleService:
         return False
 
     async def fire(self, schedule_id: int) -> None:
+        """The timer of one message. Messages whose timers fire together are fired as a batch:
+        one read, one transaction (claims + outbox rows), one commit for all of them."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._due.append((schedule_id, fut))
+        if self._draining is None or self._draining.done():
+            self._draining = asyncio.create_task(self._drain(), name="schedule-fire")
+        await fut
+
+    async def _drain(self) -> None:
+        await asyncio.sleep(0)  # timers due at the same moment join this batch
+        while self._due:
+            batch, self._due = self._due[:FIRE_BATCH], self._due[FIRE_BATCH:]
+            ids = list(dict.fromkeys(i for i, _ in batch))
+            try:
+                try:
+                    one_by_one = await self._fire_many(ids)
+                except Exception:
+                    log.exception("Firing %d scheduled messages together failed", len(ids))
+                    one_by_one = ids
+                for schedule_id in one_by_one:
+                    try:
+                        await self._fire_one(schedule_id)
+                    except Exception:  # the database is gone: the row fires at the next start
+                        log.exception("Scheduled message %d could not be fired", schedule_id)
+            finally:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_result(None)
+
+    async def _fire_many(self, ids: list[int]) -> list[int]:
+        """Fire the plain cases (pending one-off messages that are due and not skipped) together;
+        returns the ids left for ``_fire_one`` (recurring, early, skipped)."""
+        now_ms = ms(self.clock)
+        plain: list[tuple[Scheduled, str, dict[str, Any]]] = []
+        others: list[int] = []
+        for row in await self.repo.get_many(ids):
+            if row.status != "pending":
+                continue
+            late = (now_ms - row.due_at) / 1000 > self.config.schedule.grace_seconds
+            if (
+                row.rule
+                or row.due_at > now_ms + 1000
+                or (late and self.config.schedule.late_policy == "skip")
+            ):
+                others.append(row.id)
+                continue
+            speaker = await self.voice.speaker(row.therapist_id)
+            plain.append((row, speaker, self._content(row, speaker, late)))
+        if plain:
+            async with transaction(self.db):
+                claimed = await self.repo.claim_once_many([row.id for row, _, _ in plain])
+                outs = await self.outbox.prepare_many(
+                    [
+                        (f"sched:{row.id}:{row.due_at}", speaker, row.room_id, content)
+                        for row, speaker, content in plain
+                        if row.id in claimed
+                    ]
+                )
+            for out in outs:
+                self.outbox.submit(out)
+            self.fired += len(outs)
+        return others
+
+    async def _fire_one(self, schedule_id: int) -> None:
         try:
             await self._fire(schedule_id)
         except Exception:
@@ -107,6 +179,16 @@ class ScheduleService:
             if row is not None and row.status == "pending":
                 retry = datetime.fromtimestamp(ms(self.clock) / 1000 + 30, UTC)
                 self.timers.arm(f"sched:{row.id}", retry, self.fire, schedule_id)
+
+    def _content(self, row: Scheduled, speaker: str, late: bool) -> dict[str, Any]:
+        content = self.voice.content(row.therapist_id, speaker, row.content, automated=True)
+        if late and isinstance(content.get("body"), str):
+            due_text = local_text(datetime.fromtimestamp(row.due_at / 1000, UTC), self.tz)
+            content = {
+                **content,
+                "body": f"{content['body']}\n(Scheduled for {due_text}; sent late.)",
+            }
+        return content
 
     async def _fire(self, schedule_id: int) -> None:
         row = await self.repo.get(schedule_id)
@@ -126,13 +208,7 @@ class ScheduleService:
             await self._skip(row, next_due)
             return
         speaker = await self.voice.speaker(row.therapist_id)
-        content = self.voice.content(row.therapist_id, speaker, row.content, automated=True)
-        if late and isinstance(content.get("body"), str):
-            due_text = local_text(datetime.fromtimestamp(row.due_at / 1000, UTC), self.tz)
-            content = {
-                **content,
-                "body": f"{content['body']}\n(Scheduled for {due_text}; sent late.)",
-            }
+        content = self._content(row, speaker, late)
         async with transaction(self.db):
             if not await self.repo.claim(row.id, row.due_at, next_due, DONE):
                 return  # fired already (a concurrent timer or a previous run)
