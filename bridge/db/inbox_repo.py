@@ -89,12 +89,17 @@ class InboxRepo:
     async def finish_many(self, items: list[tuple[int, int, bool]]) -> None:
         """(seq, finished at, keep) for each handled event, in one transaction: kept rows are
         marked done (content dropped), the others deleted (text-only session rooms)."""
-        async with transaction(self.db):
-            for seq, now_ms, keep in items:
-                if keep:
-                    await self.mark_done(seq, now_ms)
-                else:
-                    await self.delete(seq)
+        done = [(DONE, now_ms, seq) for seq, now_ms, keep in items if keep]
+        gone = [(seq,) for seq, _, keep in items if not keep]
+        async with transaction(self.db):  # a statement per kind, not one per event
+            if done:
+                await self.db.executemany(
+                    "UPDATE inbox_event SET status = $1, body = NULL, finished_at = $2,"
+                    " error = NULL WHERE seq = $3",
+                    done,
+                )
+            if gone:
+                await self.db.executemany("DELETE FROM inbox_event WHERE seq = $1", gone)
 
     async def delete(self, seq: int) -> None:
         await self.db.execute("DELETE FROM inbox_event WHERE seq = $1", seq)
