@@ -76,19 +76,10 @@ class InboxRepo:
         )
         return [_row(r) for r in rows]
 
-    async def mark_done(self, seq: int, now_ms: int) -> None:
-        # The event JSON is dropped as soon as it is handled: only the id remains, for dedupe.
-        await self.db.execute(
-            "UPDATE inbox_event SET status = $1, body = NULL, finished_at = $2, error = NULL"
-            " WHERE seq = $3",
-            DONE,
-            now_ms,
-            seq,
-        )
-
     async def finish_many(self, items: list[tuple[int, int, bool]]) -> None:
         """(seq, finished at, keep) for each handled event, in one transaction: kept rows are
         marked done (content dropped), the others deleted (text-only session rooms)."""
+        # The event JSON is dropped as soon as it is handled: only the id remains, for dedupe.
         done = [(DONE, now_ms, seq) for seq, now_ms, keep in items if keep]
         gone = [(seq,) for seq, _, keep in items if not keep]
         async with transaction(self.db):  # a statement per kind, not one per event
@@ -100,9 +91,6 @@ class InboxRepo:
                 )
             if gone:
                 await self.db.executemany("DELETE FROM inbox_event WHERE seq = $1", gone)
-
-    async def delete(self, seq: int) -> None:
-        await self.db.execute("DELETE FROM inbox_event WHERE seq = $1", seq)
 
     async def mark_retry(self, seq: int, attempts: int, next_attempt_at: int, error: str) -> None:
         await self.db.execute(

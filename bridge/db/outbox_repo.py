@@ -159,20 +159,10 @@ class OutboxRepo:
         )
         return [_row(r) for r in rows]
 
-    async def mark_sent(self, seq: int, event_id: str, now_ms: int) -> None:
-        # Content is dropped once the homeserver has it: Alcove is not a message archive.
-        await self.db.execute(
-            "UPDATE outbox SET status = $1, event_id = $2, sent_at = $3, content = NULL,"
-            " error = NULL WHERE seq = $4",
-            SENT,
-            event_id,
-            now_ms,
-            seq,
-        )
-
     async def mark_sent_many(self, items: list[tuple[int, str, int]]) -> None:
         """(seq, event id, sent at) for each, in one transaction (see bridge/batcher.py)."""
-        # One statement for the batch (one database round trip, not one per message).
+        # One statement for the batch (one database round trip, not one per message). Content
+        # is dropped once the homeserver has it: Alcove is not a message archive.
         async with transaction(self.db):
             await self.db.executemany(
                 "UPDATE outbox SET status = $1, event_id = $2, sent_at = $3, content = NULL,"
