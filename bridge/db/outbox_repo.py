@@ -69,43 +69,17 @@ class OutboxRepo:
         now_ms: int,
     ) -> tuple[OutboxRow, bool]:
         """Insert unless ``key`` exists. Returns the row and whether it is new."""
-        seq = await self.db.fetchval(
-            "INSERT INTO outbox (key, sender, room_id, event_type, content, txn_id, status,"
-            " attempts, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $8)"
-            " ON CONFLICT (key) DO NOTHING RETURNING seq",
-            key,
-            sender,
-            room_id,
-            event_type,
-            json.dumps(content),
-            txn_id,
-            PENDING,
-            now_ms,
+        (written,) = await self.insert_many(
+            [(key, sender, room_id, event_type, content, txn_id)], now_ms
         )
-        if seq is not None:  # new: the row is exactly what was just written
-            return OutboxRow(
-                seq,
-                key,
-                sender,
-                room_id,
-                event_type,
-                content,
-                txn_id,
-                PENDING,
-                0,
-                now_ms,
-                None,
-                None,
-            ), True
-        row = await self.get(key)
-        assert row is not None
-        return row, False
+        return written
 
     async def insert_many(
         self, items: list[tuple[str, str, str, str, dict[str, Any], str]], now_ms: int
-    ) -> list[OutboxRow]:
+    ) -> list[tuple[OutboxRow, bool]]:
         """(key, sender, room_id, event_type, content, txn_id) for each: one statement for all,
-        keys that exist already are kept as they are. Returns the rows, in the items' order."""
+        keys that exist already are kept as they are. Returns each row and whether it is new,
+        in the items' order."""
         if not items:
             return []
         values = []
@@ -124,29 +98,28 @@ class OutboxRepo:
             *args,
         )
         seqs = {r["key"]: r["seq"] for r in inserted}
-        rows = []
+        rows: list[tuple[OutboxRow, bool]] = []
         for key, sender, room_id, event_type, content, txn_id in items:
-            if key in seqs:
-                rows.append(
-                    OutboxRow(
-                        seqs[key],
-                        key,
-                        sender,
-                        room_id,
-                        event_type,
-                        content,
-                        txn_id,
-                        PENDING,
-                        0,
-                        now_ms,
-                        None,
-                        None,
-                    )
+            if key in seqs:  # new: the row is exactly what was just written
+                row = OutboxRow(
+                    seqs[key],
+                    key,
+                    sender,
+                    room_id,
+                    event_type,
+                    content,
+                    txn_id,
+                    PENDING,
+                    0,
+                    now_ms,
+                    None,
+                    None,
                 )
+                rows.append((row, True))
             else:  # written before (a re-run after a crash): as it is now
                 existing = await self.get(key)
                 assert existing is not None
-                rows.append(existing)
+                rows.append((existing, False))
         return rows
 
     async def get(self, key: str) -> OutboxRow | None:

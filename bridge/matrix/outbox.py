@@ -101,13 +101,14 @@ class Outbox:
         self, items: list[tuple[str, str, str, dict[str, Any]]], event_type: str = "m.room.message"
     ) -> list[OutboxRow]:
         """``prepare`` for many (key, sender, room_id, content) in one statement."""
-        return await self.repo.insert_many(
+        written = await self.repo.insert_many(
             [
                 (key, sender, room_id, event_type, content, txn_id_for(sender, key))
                 for key, sender, room_id, content in items
             ],
             ms(self.clock),
         )
+        return [row for row, _ in written]
 
     def submit(self, row: OutboxRow) -> None:
         if self._started and row.status == PENDING:
