@@ -20,7 +20,7 @@ from ..db.outbox_repo import PENDING, SENT, DeviceRepo, OutboxRepo, OutboxRow
 from ..delayed import DelayQueue, backoff
 from ..metrics import Metrics
 from ..workers import KeyedWorkers
-from .gateway import MatrixGateway, PermanentError, TemporaryError
+from .gateway import MatrixGateway, MatrixSendError, PermanentError, TemporaryError
 
 log = logging.getLogger("alcove.outbox")
 
@@ -76,9 +76,7 @@ class Outbox:
     ) -> OutboxRow:
         """Queue a message. ``key`` names the logical message (e.g. ``reply:<event id>``): queuing
         the same key twice sends once. Returns the row (pending until delivered)."""
-        row, new = await self.repo.insert(
-            key, sender, room_id, event_type, content, txn_id_for(sender, key), ms(self.clock)
-        )
+        row, new = await self.prepare(key, sender, room_id, content, event_type)
         if new and self._started:
             self._submit(row)
         return row
@@ -135,12 +133,15 @@ class Outbox:
         if user_id in self._device_cache:
             return self._device_cache[user_id]
         async with self._device_lock:
-            device = await self.devices.get(user_id)
-            if device is None and await self.gateway.ensure_device(user_id, DEVICE_ID):
-                device = DEVICE_ID
-                await self.devices.put(user_id, device)
+            device = await self.devices.get(user_id) or await self._create_device(user_id)
             self._device_cache[user_id] = device
             return device
+
+    async def _create_device(self, user_id: str) -> str | None:
+        if not await self.gateway.ensure_device(user_id, DEVICE_ID):
+            return None
+        await self.devices.put(user_id, DEVICE_ID)
+        return DEVICE_ID
 
     async def renew_device(self, user_id: str, epoch: int) -> None:
         """The homeserver says the acting device is gone (the user signed out of all sessions,
@@ -153,10 +154,7 @@ class Outbox:
             log.warning(
                 "The acting device of %s was deleted on the homeserver; recreating it", user_id
             )
-            device = DEVICE_ID if await self.gateway.ensure_device(user_id, DEVICE_ID) else None
-            if device is not None:
-                await self.devices.put(user_id, device)
-            self._device_cache[user_id] = device
+            self._device_cache[user_id] = await self._create_device(user_id)
 
     async def _deliver(self, row: OutboxRow) -> None:
         assert row.content is not None
@@ -169,45 +167,55 @@ class Outbox:
                 row.sender, row.room_id, row.event_type, row.content, row.txn_id, device
             )
         except PermanentError as e:
-            if e.errcode != UNKNOWN_DEVICE or device is None or attempts >= self.max_attempts:
+            if e.errcode != UNKNOWN_DEVICE or device is None:
                 self._queued.discard(row.seq)
                 await self._give_up(row, attempts, str(e))
                 return
             await self.renew_device(row.sender, epoch)
-            self._queued.discard(row.seq)
-            self.metrics.outbox_retries.inc()
-            await self.repo.mark_retry(row.seq, attempts, ms(self.clock), str(e)[:500])
-            self._submit(_with(row, attempts=attempts))
+            await self._retry(row, attempts, e, 0.0)
             return
         except TemporaryError as e:
-            self._queued.discard(row.seq)
-            if attempts >= self.max_attempts:
-                await self._give_up(row, attempts, str(e))
-                return
             delay = (
                 e.retry_after
                 if e.retry_after is not None
                 else backoff(attempts, self.retry_base_seconds)
             )
-            log.warning(
-                "Send %s to %s failed (%s, attempt %d/%d); retrying in %.1fs",
-                row.txn_id,
-                row.room_id,
-                e.status or "network",
-                attempts,
-                self.max_attempts,
-                delay,
-            )
-            self.metrics.outbox_retries.inc()
-            next_at = ms(self.clock) + int(delay * 1000)
-            await self.repo.mark_retry(row.seq, attempts, next_at, str(e)[:500])
-            self.retries.add(delay, _with(row, attempts=attempts, next_attempt_at=next_at))
+            await self._retry(row, attempts, e, delay, reason=str(e.status or "network"))
             return
         self._queued.discard(row.seq)
         self.metrics.outbox_sent.inc()
         sent = _with(row, status=SENT, event_id=event_id, content=None, attempts=attempts)
         written = self._marks.add((row.seq, event_id, ms(self.clock)))
         written.add_done_callback(lambda f: self._after_mark(f, sent))
+
+    async def _retry(
+        self,
+        row: OutboxRow,
+        attempts: int,
+        error: MatrixSendError,
+        delay: float,
+        reason: str | None = None,
+    ) -> None:
+        """Send again after ``delay`` seconds, or give up once ``max_attempts`` are used up.
+        With a ``reason`` the retry is logged."""
+        self._queued.discard(row.seq)
+        if attempts >= self.max_attempts:
+            await self._give_up(row, attempts, str(error))
+            return
+        if reason is not None:
+            log.warning(
+                "Send %s to %s failed (%s, attempt %d/%d); retrying in %.1fs",
+                row.txn_id,
+                row.room_id,
+                reason,
+                attempts,
+                self.max_attempts,
+                delay,
+            )
+        self.metrics.outbox_retries.inc()
+        next_at = ms(self.clock) + int(delay * 1000)
+        await self.repo.mark_retry(row.seq, attempts, next_at, str(error)[:500])
+        self.retries.add(delay, _with(row, attempts=attempts, next_attempt_at=next_at))
 
     def _after_mark(self, _written: asyncio.Future[None], sent: OutboxRow) -> None:
         """Waiters learn of a delivery once its batch of marks was written."""
