@@ -41,8 +41,8 @@ def main_registration(config: Config, as_token: str, hs_token: str) -> dict[str,
         "hs_token": hs_token,
         "sender_localpart": a.bot_localpart,
         "rate_limited": False,
-        "receive_ephemeral": True,
-        "de.sorunome.msc2409.push_ephemeral": True,
+        # No receive_ephemeral: nothing in Alcove uses typing, receipts or presence, and asking
+        # for them would push every user's to Alcove.
         "namespaces": {
             "users": [
                 {"regex": f"^@{re.escape(a.bot_localpart)}:{domain}$", "exclusive": True},

@@ -66,7 +66,9 @@ def test_main_registration_contents(config: Config) -> None:
     assert main["url"] == "http://127.0.0.1:29340"
     assert main["sender_localpart"] == "alcove"
     assert main["rate_limited"] is False
-    assert main["receive_ephemeral"] is True
+    # Typing, receipts and presence of every user are not pushed: nothing uses them.
+    assert "receive_ephemeral" not in main
+    assert "de.sorunome.msc2409.push_ephemeral" not in main
     users = main["namespaces"]["users"]
     assert users, "the main registration must claim users"
     for entry in users:
