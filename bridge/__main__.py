@@ -20,6 +20,11 @@ def _parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate-registration", help="write registration.yaml files for Synapse")
     gen.add_argument("-c", "--config", default="config.yaml")
     gen.add_argument("--force", action="store_true", help="replace existing registration files")
+    gen.add_argument(
+        "--keep-tokens",
+        action="store_true",
+        help="rewrite existing registration files in the current form, keeping their tokens",
+    )
     doc = sub.add_parser("doctor", help="check the homeserver, tokens, ping and admin flag")
     doc.add_argument("-c", "--config", default="config.yaml")
     dev = sub.add_parser("dev", help="throwaway Synapse + Alcove on 127.0.0.1 with SQLite")
@@ -48,8 +53,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .registration import write_registrations
 
         config = load_config(args.config, need_tokens=False)
-        written = write_registrations(config, force=args.force)
+        written = write_registrations(config, force=args.force, keep_tokens=args.keep_tokens)
         print(f"Wrote {written.registration} and {written.doublepuppet}.")
+        for fixed in written.fixed:
+            print(f"Fixed: {fixed}.")
         print("Add both to app_service_config_files in homeserver.yaml and restart Synapse.")
         return 0
     if args.command == "doctor":

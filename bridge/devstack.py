@@ -31,7 +31,7 @@ from ruamel.yaml import YAML
 
 from .config import Config, load_config
 from .errors import StartupError
-from .registration import dump_yaml, write_registrations
+from .registration import dump_yaml, outdated, write_registrations
 
 log = logging.getLogger("alcove.devstack")
 
@@ -124,6 +124,8 @@ class DevStack:
         config = load_config(self.config_path, environ={}, need_tokens=False)
         if not config.appservice.registration.exists():
             write_registrations(config)
+        elif outdated(config):  # a state dir from an older Alcove: same tokens, current form
+            write_registrations(config, keep_tokens=True)
         config = load_config(self.config_path, environ={})
         self._write_synapse_config(dev, config)
         if not (syn / "signing.key").exists():

@@ -14,7 +14,7 @@ from .db.database import open_database, redact_url
 from .errors import AlcoveError
 from .matrix.mautrix_gateway import MautrixGateway
 from .metrics import Metrics
-from .registration import read_doublepuppet_token
+from .registration import UPGRADE_ADVICE, outdated, read_doublepuppet_token
 from .startup import (
     Check,
     check_admin,
@@ -72,7 +72,17 @@ async def run_doctor(config: Config, web_timeout: float = 5.0) -> list[Check]:
             )
         else:
             checks.append(Check("double-puppet registration", True, "installed"))
+        checks.append(registration_current(config))
     return checks
+
+
+def registration_current(config: Config) -> Check:
+    problems = outdated(config)
+    if not problems:
+        return Check("registration files current", True, "")
+    return Check(
+        "registration files current", False, "; ".join(problems) + ". " + UPGRADE_ADVICE, True
+    )
 
 
 def synapse_settings(config: Config) -> list[Check]:

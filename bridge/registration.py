@@ -54,8 +54,13 @@ def main_registration(config: Config, as_token: str, hs_token: str) -> dict[str,
     }
 
 
+def doublepuppet_regex(domain: str) -> str:
+    """Every local user, and only them: ``[^:]+`` so that ``@a:evil.org:<domain>`` (a localpart
+    cannot hold a colon, but a regex ``.*`` would cover it) is not claimed."""
+    return f"^@[^:]+:{re.escape(domain)}$"
+
+
 def doublepuppet_registration(config: Config, as_token: str) -> dict[str, Any]:
-    domain = re.escape(config.homeserver.domain)
     return {
         "id": f"{config.appservice.id}-doublepuppet",
         "url": None,
@@ -64,7 +69,9 @@ def doublepuppet_registration(config: Config, as_token: str) -> dict[str, Any]:
         "hs_token": new_token(),
         "sender_localpart": f"{config.appservice.bot_localpart}-puppet-{secrets.token_hex(4)}",
         "rate_limited": False,
-        "namespaces": {"users": [{"regex": f"^@.*:{domain}$", "exclusive": False}]},
+        "namespaces": {
+            "users": [{"regex": doublepuppet_regex(config.homeserver.domain), "exclusive": False}]
+        },
     }
 
 
@@ -72,6 +79,8 @@ def doublepuppet_registration(config: Config, as_token: str) -> dict[str, Any]:
 class Written:
     registration: Path
     doublepuppet: Path
+    fixed: tuple[str, ...] = ()
+    """What the replaced files had that the new ones no longer have (see ``outdated``)."""
 
 
 def dump_yaml(data: dict[str, Any]) -> str:
@@ -82,19 +91,81 @@ def dump_yaml(data: dict[str, Any]) -> str:
     return out.getvalue()
 
 
-def write_registrations(config: Config, force: bool = False) -> Written:
+def write_registrations(config: Config, force: bool = False, keep_tokens: bool = False) -> Written:
+    """Write both files. ``keep_tokens`` rewrites existing files in the current form but keeps
+    their tokens and the double puppet's sender, so only a Synapse restart is needed."""
     main_path = config.appservice.registration
     dp_path = config.appservice.doublepuppet_registration
-    if not force:
+    if not force and not keep_tokens:
         for path in (main_path, dp_path):
             if path.exists():
                 raise RegistrationExists(
                     f"{path} already exists; Synapse knows its tokens. Use --force to replace it "
                     "(then restart Synapse so it reads the new tokens)."
                 )
-    _write_private(main_path, dump_yaml(main_registration(config, new_token(), new_token())))
-    _write_private(dp_path, dump_yaml(doublepuppet_registration(config, new_token())))
-    return Written(main_path, dp_path)
+    fixed = tuple(outdated(config))
+    old_main = _read(main_path) if keep_tokens else {}
+    old_dp = _read(dp_path) if keep_tokens else {}
+    main = main_registration(config, _token(old_main, "as_token"), _token(old_main, "hs_token"))
+    dp = doublepuppet_registration(config, _token(old_dp, "as_token"))
+    for key in ("hs_token", "sender_localpart"):
+        if isinstance(old_dp.get(key), str) and old_dp[key]:
+            dp[key] = old_dp[key]
+    _write_private(main_path, dump_yaml(main))
+    _write_private(dp_path, dump_yaml(dp))
+    return Written(main_path, dp_path, fixed)
+
+
+def outdated(config: Config) -> list[str]:
+    """What the existing registration files ask of Synapse that this Alcove no longer wants
+    (``UPGRADE_ADVICE`` says what to do). Empty when the files are current or absent."""
+    problems = []
+    main = _read(config.appservice.registration)
+    if main.get("receive_ephemeral") or main.get(EPHEMERAL_MSC2409):
+        problems.append(
+            f"{config.appservice.registration} asks Synapse to push typing notifications, read "
+            "receipts and presence of every user (receive_ephemeral), which Alcove does not use"
+        )
+    domain = config.homeserver.domain
+    dp = _read(config.appservice.doublepuppet_registration)
+    namespaces = dp.get("namespaces")
+    users = namespaces.get("users") if isinstance(namespaces, dict) else None
+    for entry in users if isinstance(users, list) else []:
+        regex = entry.get("regex") if isinstance(entry, dict) else None
+        if isinstance(regex, str) and _too_wide(regex, domain):
+            problems.append(
+                f"{config.appservice.doublepuppet_registration} has the user namespace {regex}, "
+                f"which also matches IDs like @a:evil.org:{domain}; Alcove now writes "
+                f"{doublepuppet_regex(domain)}"
+            )
+    return problems
+
+
+UPGRADE_ADVICE = (
+    "Run `alcove generate-registration --keep-tokens` (rewrites both files in the current form, "
+    "keeping their tokens) and restart Synapse."
+)
+EPHEMERAL_MSC2409 = "de.sorunome.msc2409.push_ephemeral"
+
+
+def _too_wide(regex: str, domain: str) -> bool:
+    try:
+        return re.match(regex, f"@a:evil.org:{domain}") is not None  # as Synapse matches
+    except re.error:
+        return False
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = YAML(typ="safe").load(path.read_text())
+    except (OSError, YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _token(old: dict[str, Any], key: str) -> str:
+    value = old.get(key)
+    return value if isinstance(value, str) and value else new_token()
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -14,6 +14,7 @@ from .config import Config
 from .errors import StartupError
 from .matrix.gateway import PermanentError, TemporaryError
 from .matrix.mautrix_gateway import MautrixGateway
+from .registration import UPGRADE_ADVICE, outdated
 
 log = logging.getLogger("alcove.startup")
 
@@ -158,7 +159,15 @@ async def run_startup(gateway: MautrixGateway, config: Config, clock: Clock) -> 
         ) from None
 
 
+def warn_outdated_registration(config: Config) -> list[str]:
+    problems = outdated(config)
+    for problem in problems:
+        log.warning("%s. %s", problem, UPGRADE_ADVICE)
+    return problems
+
+
 async def _run_startup(gateway: MautrixGateway, config: Config, clock: Clock) -> None:
+    warn_outdated_registration(config)
     await wait_for_homeserver(gateway, config, clock)
     await check_token(gateway, config)
     await check_admin(gateway, config)

@@ -6,8 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+from ruamel.yaml import YAML
 
 from bridge.devstack import DevStack
+from bridge.registration import dump_yaml, outdated
 
 
 def test_a_relative_state_dir_becomes_absolute(
@@ -31,3 +33,21 @@ def test_prepare_from_a_relative_dir_writes_absolute_synapse_paths(
     assert str(tmp_path / "state" / "synapse" / "homeserver.db") in hs
     assert config.appservice.registration.is_absolute()
     assert os.access(config.appservice.registration, os.R_OK)
+
+
+def test_prepare_brings_an_old_state_dirs_registrations_up_to_date(tmp_path: Path) -> None:
+    """A state dir from an older Alcove: same tokens, current form (no receive_ephemeral, the
+    double-puppet namespace limited to local users)."""
+    stack = DevStack(tmp_path / "state")
+    config = stack.prepare()
+    yaml = YAML(typ="safe")
+    main = yaml.load(config.appservice.registration.read_text())
+    dp = yaml.load(config.appservice.doublepuppet_registration.read_text())
+    old_dp = {**dp, "namespaces": {"users": [{"regex": "^@.*:localhost$", "exclusive": False}]}}
+    config.appservice.registration.write_text(dump_yaml({**main, "receive_ephemeral": True}))
+    config.appservice.doublepuppet_registration.write_text(dump_yaml(old_dp))
+    assert outdated(config)
+    config = stack.prepare()
+    assert outdated(config) == []
+    assert yaml.load(config.appservice.registration.read_text()) == main
+    assert yaml.load(config.appservice.doublepuppet_registration.read_text()) == dp

@@ -11,7 +11,15 @@ import pytest
 from ruamel.yaml import YAML
 
 from bridge.config import Config, load_config
-from bridge.registration import RegistrationExists, read_doublepuppet_token, write_registrations
+from bridge.doctor import registration_current
+from bridge.registration import (
+    UPGRADE_ADVICE,
+    RegistrationExists,
+    outdated,
+    read_doublepuppet_token,
+    write_registrations,
+)
+from bridge.startup import warn_outdated_registration
 
 DOMAIN = "clinic.test"
 
@@ -99,11 +107,13 @@ def test_doublepuppet_registration_contents(config: Config) -> None:
     assert dp["id"] != "alcove"
     assert dp["sender_localpart"] != "alcove"
     [users] = dp["namespaces"]["users"]
-    assert users["regex"] == f"^@.*:{re.escape(DOMAIN)}$"
+    assert users["regex"] == f"^@[^:]+:{re.escape(DOMAIN)}$"
     assert users["exclusive"] is False
     pattern = re.compile(users["regex"])
     assert pattern.match(f"@therapist:{DOMAIN}")
     assert not pattern.match("@therapist:evil.org")
+    assert not pattern.match(f"@a:evil.org:{DOMAIN}")  # ^@.*: would claim this one
+    assert not pattern.match(f"@therapist:{DOMAIN}.evil.org")
 
 
 def test_tokens_are_long_and_all_different(config: Config) -> None:
@@ -158,3 +168,70 @@ def test_read_doublepuppet_token_when_absent_or_broken(tmp_path: Path) -> None:
     broken = tmp_path / "broken.yaml"
     broken.write_text("url: null\n")
     assert read_doublepuppet_token(broken) is None
+
+
+def _write_old_style(config: Config) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Registration files as an older Alcove wrote them."""
+    written = write_registrations(config)
+    main, dp = read_yaml(written.registration), read_yaml(written.doublepuppet)
+    main["receive_ephemeral"] = True
+    main["de.sorunome.msc2409.push_ephemeral"] = True
+    dp["namespaces"]["users"][0]["regex"] = f"^@.*:{re.escape(DOMAIN)}$"
+    yaml = YAML()
+    with written.registration.open("w") as f:
+        yaml.dump(main, f)
+    with written.doublepuppet.open("w") as f:
+        yaml.dump(dp, f)
+    return main, dp
+
+
+def test_current_files_are_not_outdated(config: Config) -> None:
+    assert outdated(config) == []  # absent
+    write_registrations(config)
+    assert outdated(config) == []
+    assert registration_current(config).ok
+
+
+def test_old_files_are_reported_with_what_to_do(
+    config: Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    _write_old_style(config)
+    problems = outdated(config)
+    assert len(problems) == 2
+    assert "receive_ephemeral" in problems[0]
+    assert f"@a:evil.org:{DOMAIN}" in problems[1]
+    check = registration_current(config)
+    assert not check.ok and check.warning
+    assert "--keep-tokens" in check.detail and "restart Synapse" in check.detail
+    with caplog.at_level("WARNING", logger="alcove.startup"):
+        assert warn_outdated_registration(config) == problems
+    assert [r.levelname for r in caplog.records] == ["WARNING", "WARNING"]
+    assert UPGRADE_ADVICE in caplog.text
+
+
+def test_keep_tokens_rewrites_in_the_current_form(config: Config) -> None:
+    old_main, old_dp = _write_old_style(config)
+    written = write_registrations(config, keep_tokens=True)  # no --force needed
+    assert len(written.fixed) == 2
+    assert outdated(config) == []
+    main, dp = read_yaml(written.registration), read_yaml(written.doublepuppet)
+    assert "receive_ephemeral" not in main
+    assert dp["namespaces"]["users"][0]["regex"] == f"^@[^:]+:{re.escape(DOMAIN)}$"
+    for key in ("as_token", "hs_token"):
+        assert main[key] == old_main[key]
+    for key in ("as_token", "hs_token", "sender_localpart"):
+        assert dp[key] == old_dp[key]
+    assert stat.S_IMODE(written.registration.stat().st_mode) == 0o600
+
+
+def test_regenerating_says_what_changed(
+    config: Config, config_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bridge.__main__ import main
+
+    _write_old_style(config)
+    assert main(["generate-registration", "-c", str(config_path), "--force"]) == 0
+    out = capsys.readouterr().out
+    assert "Fixed:" in out and f"@a:evil.org:{DOMAIN}" in out and "receive_ephemeral" in out
+    assert main(["generate-registration", "-c", str(config_path), "--keep-tokens"]) == 0
+    assert "Fixed:" not in capsys.readouterr().out  # nothing left to fix
