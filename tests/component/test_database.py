@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from mautrix.util.async_db import Database
+from mautrix.util.async_db import Database, Scheme
 
 from bridge.config import DatabaseConfig
 from bridge.db.database import open_database, redact_url
@@ -44,3 +44,18 @@ def test_redact_url_hides_password() -> None:
         == "postgres://alcove:***@db:5432/alcove"
     )
     assert redact_url("sqlite:/var/lib/alcove.db") == "sqlite:/var/lib/alcove.db"
+
+
+async def test_the_audit_log_is_append_only(db: Database) -> None:
+    """UPDATE and DELETE are refused on both databases, and TRUNCATE on PostgreSQL (SQLite has
+    none: its ``DELETE FROM`` without WHERE still fires the row trigger)."""
+    await db.execute(
+        "INSERT INTO audit (at, actor, action) VALUES ($1, $2, $3)", 1, "@x:test.local", "test"
+    )
+    statements = ["UPDATE audit SET actor = 'someone else'", "DELETE FROM audit"]
+    if db.scheme != Scheme.SQLITE:
+        statements.append("TRUNCATE audit")
+    for statement in statements:
+        with pytest.raises(Exception, match="append-only"):  # sqlite3 / asyncpg error types
+            await db.execute(statement)
+    assert await db.fetchval("SELECT actor FROM audit") == "@x:test.local"
