@@ -41,9 +41,41 @@ WELCOME_PLACEHOLDERS = frozenset({"client_first_name", "therapist_name", "practi
 PHRASE_PLACEHOLDERS = WELCOME_PLACEHOLDERS | {"next_session"}
 
 
+def template_parts(template: str) -> list[tuple[str, str | None]]:
+    """A template as (literal text, placeholder name or None) pairs, ``{{``/``}}`` unescaped.
+
+    Raises ValueError with a sentence for a malformed template and for any placeholder that is
+    not a plain ``{name}``: format specs (``{name:>999999999}`` builds a gigabyte string),
+    conversions (``{name!r}``) and attribute or index access (``{name.x}``, ``{name[0]}``)."""
+    try:
+        fields = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise ValueError(
+            f"malformed placeholder ({e}); use {{name}} and write {{{{ for a literal brace"
+        ) from None
+    parts: list[tuple[str, str | None]] = []
+    for literal, name, spec, conversion in fields:
+        if name is None:
+            parts.append((literal, None))
+            continue
+        if spec or conversion:
+            raw = "{" + name + (f"!{conversion}" if conversion else "") + f":{spec}" * bool(spec)
+            shown = raw + "}" if len(raw) < 40 else raw[:39] + "…}"
+            raise ValueError(
+                f"placeholders take no format spec or conversion: {shown}; write just {{{name}}}"
+            )
+        if not name.isidentifier():  # '' / '0' (positional), 'a.b', 'a[0]'
+            raise ValueError(
+                f"malformed placeholder {{{name[:40]}}}: placeholders are plain names like "
+                "{client_first_name}, without dots, brackets or numbers"
+            )
+        parts.append((literal, name))
+    return parts
+
+
 def placeholders(template: str) -> set[str]:
     """The {names} a template uses. Raises ValueError for a malformed template."""
-    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    return {name for _, name in template_parts(template) if name is not None}
 
 
 def check_template(template: str, allowed: frozenset[str]) -> str | None:
@@ -51,7 +83,7 @@ def check_template(template: str, allowed: frozenset[str]) -> str | None:
     try:
         used = placeholders(template)
     except ValueError as e:
-        return f"malformed placeholder ({e}); use {{name}} and write {{{{ for a literal brace"
+        return str(e)
     unknown = sorted(used - allowed)
     if unknown:
         known = ", ".join("{" + n + "}" for n in sorted(allowed))

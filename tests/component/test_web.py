@@ -16,7 +16,8 @@ from mautrix.util.async_db import Database
 
 from bots.bot import Bot
 from bots.bot_types import MAX_BODY_BYTES
-from bots.features.conversations.repo import Client, ConversationRepo
+from bots.features.conversations.repo import DM, Client, ConversationRepo, Room
+from bots.features.phrases.commands import PhraseRepo
 from bridge.config import Config
 from bridge.db.inbox_repo import InboxRepo
 from bridge.db.outbox_repo import DeviceRepo, OutboxRepo
@@ -220,3 +221,29 @@ async def test_a_reply_too_long_for_one_event_goes_out_in_parts(stack: Stack, db
     assert all(len(p.encode()) <= MAX_BODY_BYTES for p in parts)
     text = "\n".join(parts)
     assert all(text.count(name) == 1 for name in names)
+
+
+async def test_a_phrase_with_a_format_spec_is_refused_and_never_rendered(
+    stack: Stack, db: Database
+) -> None:
+    """`{therapist_name:>999999999}` passed validation and `!p` built a ~1 GB string."""
+    add = message("!mgmt:x", THERAPIST, "!phrase add big Hi {therapist_name:>999999999}")
+    assert await put_txn(stack, "40", [add]) == 200
+    await stack.settle()
+    (reply,) = stack.gateway.bodies("!mgmt:x")
+    assert reply.startswith("Not saved: placeholders take no format spec")
+    assert "write just {therapist_name}" in reply
+    assert await PhraseRepo(db).get(THERAPIST, "big") is None
+
+    # One saved by an older Alcove is refused when used, with what to do.
+    repo = ConversationRepo(db)
+    client = Client(f"@c-jane:{DOMAIN}", THERAPIST, "Jane Doe", "J.D.", None)
+    await repo.add_client(client, "$origin-jane", 0)
+    await repo.add_room(Room("!dm:x", DM, THERAPIST, client.user_id, "Jane Doe"), 0)
+    await PhraseRepo(db).put(THERAPIST, "old", "Hi {therapist_name:>999999999}")
+    assert await put_txn(stack, "41", [message("!dm:x", THERAPIST, "!p old")]) == 200
+    await stack.settle()
+    (reply,) = stack.gateway.bodies("!dm:x")
+    assert reply.startswith("'old' cannot be sent: placeholders take no format spec")
+    assert "!phrase add" in reply
+    assert [s.sender for s in stack.gateway.sent] == [stack.config.bot_user_id] * 2

@@ -235,6 +235,23 @@ def test_phrase_with_a_malformed_placeholder(tmp_path: Path) -> None:
     assert "malformed" in error.message
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["{therapist_name:>999999999}", "{therapist_name!r}", "{practice_name.upper}", "{x[0]}"],
+)
+def test_a_practice_phrase_with_a_format_spec_is_a_config_error(tmp_path: Path, text: str) -> None:
+    error = config_error(tmp_path, phrases={"ok": "fine", "big": f"Hi {text}"})
+    assert error.path == "phrases.big"
+    assert "format spec" in error.message or "malformed" in error.message
+
+
+def test_a_welcome_with_a_format_spec_is_a_config_error(tmp_path: Path) -> None:
+    practice = {"name": "Calm", "welcome": "Hi {client_first_name:>999999999}"}
+    error = config_error(tmp_path, practice=practice)
+    assert error.path == "practice.welcome"
+    assert "write just {client_first_name}" in error.message
+
+
 @pytest.mark.parametrize("name", ["Hello", "-x", "a b", "x" * 33])
 def test_phrase_names_are_checked(tmp_path: Path, name: str) -> None:
     error = config_error(tmp_path, phrases={name: "text"})
@@ -251,3 +268,6 @@ def test_check_template() -> None:
     assert problem is not None and problem.startswith("unknown placeholder {a}")
     problem = check_template("oops }", PHRASE_PLACEHOLDERS)
     assert problem is not None and "malformed" in problem
+    problem = check_template("{therapist_name:>999999999}", PHRASE_PLACEHOLDERS)
+    assert problem is not None and "format spec" in problem
+    assert check_template("{{therapist_name:>9}} is literal", PHRASE_PLACEHOLDERS) is None

@@ -245,3 +245,25 @@ def test_template_error_is_a_value_error() -> None:
 def test_render_attribute_placeholder_is_a_template_error() -> None:
     with pytest.raises(TemplateError):
         render("Hello {name.nope}", {"name": "Jane"})
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{name:>60}",  # {therapist_name:>999999999} built a ~1 GB string
+        "{name:{name}}",
+        "{name!r}",
+        "{name!s:>60}",
+        "{name[0]}",
+        "{name.__class__}",
+    ],
+)
+def test_render_refuses_format_specs_conversions_and_access(template: str) -> None:
+    with pytest.raises(TemplateError, match=r"format spec|malformed"):
+        render(template, {"name": "Jane"})
+
+
+def test_render_of_the_gigabyte_phrase_fails_fast_and_small() -> None:
+    with pytest.raises(TemplateError, match="format spec") as info:
+        render("{therapist_name:>999999999}", {"therapist_name": "Dr T"})
+    assert len(str(info.value)) < 200

@@ -10,6 +10,8 @@ import secrets
 import string
 from typing import Any
 
+from bridge.config import template_parts
+
 THERAPIST_LEVEL = 90
 STAFF_LEVEL = 50
 BOT_ONLY = 100  # nobody but the creator (the bot, infinite power in room v12) reaches this
@@ -146,13 +148,18 @@ class TemplateError(ValueError):
 
 
 def render(template: str, values: dict[str, str]) -> str:
-    """Fill {placeholders}; an unknown placeholder is an error naming it."""
+    """Fill {placeholders} by plain substitution, never ``str.format``: a format spec, a
+    conversion or attribute access is an error (see ``template_parts``), and so is an unknown
+    placeholder, named. Values are inserted as they are (their braces are not expanded)."""
     try:
-        return template.format_map(_Strict(values))
-    except (KeyError, ValueError, IndexError, AttributeError, TypeError) as e:
-        raise TemplateError(f"unknown or malformed placeholder {e}") from None
-
-
-class _Strict(dict[str, str]):
-    def __missing__(self, key: str) -> str:
-        raise KeyError(key)
+        parts = template_parts(template)
+    except ValueError as e:
+        raise TemplateError(str(e)) from None
+    out: list[str] = []
+    for literal, name in parts:
+        out.append(literal)
+        if name is not None:
+            if name not in values:
+                raise TemplateError(f"unknown placeholder {{{name}}}")
+            out.append(values[name])
+    return "".join(out)

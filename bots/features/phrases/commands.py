@@ -150,6 +150,9 @@ class PhraseCommands:
         if text is None:
             await ctx.reply(f"No phrase called {name!r}. See !phrase list.")
             return
+        if problem := check_template(text, PHRASE_PLACEHOLDERS):  # saved by an older Alcove
+            await ctx.reply(f"{name!r} cannot be sent: {problem}. Save it again with !phrase add.")
+            return
         used = placeholders(text)
         client = await self.rooms.client(room.client_id) if room.client_id else None
         if used & CLIENT_PLACEHOLDERS and (room.kind != DM or client is None):
