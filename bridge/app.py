@@ -90,7 +90,11 @@ class Alcove:
             "the homeserver is reachable again"
         )
         endpoint = TransactionEndpoint(
-            cfg.appservice.hs_token, self.inbox, self.metrics, self.catchup.request
+            cfg.appservice.hs_token,
+            self.inbox,
+            self.metrics,
+            self.catchup.request,
+            access_token_in_query=cfg.appservice.access_token_in_query,
         )
         self.web = build_web_app(
             endpoint, self.metrics, self.refresh_metrics, cfg.appservice.max_body_size_mib

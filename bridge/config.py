@@ -114,6 +114,7 @@ class AppserviceConfig:
     registration: Path
     doublepuppet_registration: Path
     max_body_size_mib: int = 64
+    access_token_in_query: bool = False
 
 
 @dataclass(frozen=True)
@@ -373,6 +374,7 @@ def _appservice(s: _Section, base: Path, need_tokens: bool) -> AppserviceConfig:
         registration=registration,
         doublepuppet_registration=doublepuppet,
         max_body_size_mib=s.integer("max_body_size_mib", 64, low=10, high=1024),
+        access_token_in_query=s.flag("access_token_in_query", False),
     )
 
 

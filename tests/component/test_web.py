@@ -101,10 +101,35 @@ async def test_missing_token_401_wrong_token_403(stack: Stack) -> None:
     )
     assert resp.status == 403
     assert (await resp.json())["errcode"] == "M_FORBIDDEN"
-    resp = await stack.client.put(url + "?access_token=nope", json={"events": []})
-    assert resp.status == 403
-    resp = await stack.client.put(f"{url}?access_token={HS_TOKEN}", json={"events": []})
+    resp = await stack.client.put(url, json={"events": []}, headers=AUTH)
     assert resp.status == 200
+
+
+async def test_the_token_in_the_query_only_when_configured(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """?access_token= ends up in proxy logs: refused unless appservice.access_token_in_query."""
+    url = f"/_matrix/app/v1/transactions/1?access_token={HS_TOKEN}"
+    with caplog.at_level("WARNING", logger="alcove.web.transactions"):
+        resp = await stack.client.put(url, json={"events": []})
+    assert resp.status == 401
+    assert "Authorization header" in (await resp.json())["error"]
+    assert "access_token_in_query" in caplog.text
+    assert HS_TOKEN not in caplog.text
+
+    metrics = Metrics()
+    endpoint = TransactionEndpoint(HS_TOKEN, stack.inbox, metrics, access_token_in_query=True)
+
+    async def refresh() -> None:
+        pass
+
+    app = build_web_app(endpoint, metrics, refresh, 10)
+    async with TestClient(TestServer(app)) as legacy:
+        assert (await legacy.put(url, json={"events": []})).status == 200
+        resp = await legacy.put(url.replace(HS_TOKEN, "nope"), json={"events": []})
+        assert resp.status == 403
+        resp = await legacy.put(url, json={"events": []}, headers={"Authorization": "Bearer x"})
+        assert resp.status == 403  # the header wins
 
 
 async def test_bad_json_is_400_and_nothing_is_stored(stack: Stack, db: Database) -> None:
@@ -247,3 +272,70 @@ async def test_a_phrase_with_a_format_spec_is_refused_and_never_rendered(
     assert reply.startswith("'old' cannot be sent: placeholders take no format spec")
     assert "!phrase add" in reply
     assert [s.sender for s in stack.gateway.sent] == [stack.config.bot_user_id] * 2
+
+
+async def test_a_non_ascii_digit_txn_id_is_accepted_once(stack: Stack, db: Database) -> None:
+    """'²'.isdigit() is true but int('²') fails: that was a 500 after storing the events, and
+    Synapse retries a failed transaction forever, stalling every later event."""
+    ping = message("!dm:x", THERAPIST, "!ping")
+    for txn in ("%C2%B2", "%C2%B2", "1" * 5000, "٣"):
+        resp = await stack.client.put(
+            f"/_matrix/app/v1/transactions/{txn}", json={"events": [ping]}, headers=AUTH
+        )
+        assert resp.status == 200, txn
+    await stack.settle()
+    assert stack.gateway.bodies("!dm:x") == ["pong"]
+    assert await db.fetchval("SELECT COUNT(*) FROM inbox_event") == 1
+
+
+def nested(depth: int) -> object:
+    value: object = "bottom"
+    for _ in range(depth):
+        value = {"x": [value]}
+    return value
+
+
+def deep_message(room_id: str, depth: int) -> dict[str, object]:
+    event = message(room_id, THERAPIST, "!ping")
+    event["content"] = {"msgtype": "m.text", "body": "!ping", "deep": nested(depth)}
+    return event
+
+
+async def test_deeply_nested_events_are_dropped_and_the_rest_accepted(
+    stack: Stack, db: Database
+) -> None:
+    """A RecursionError while decoding was a 500 and stalled the homeserver's queue; any error
+    answer does (Synapse retries 4xx too), so the transaction is accepted without that event."""
+    fine = message("!dm:x", THERAPIST, "!ping")
+    too_deep_for_python = '{"a":' * 100_000 + "1" + "}" * 100_000
+    body = (
+        '{"events": ['
+        + json.dumps(fine)
+        + ', {"type": "m.room.message", "content": '
+        + too_deep_for_python
+        + "}, "
+        + json.dumps(deep_message("!dm:x", 200))  # decodes, but too deep to handle safely
+        + '], "ephemeral": []}'
+    )
+    with pytest.raises(RecursionError):
+        json.loads(body)
+    resp = await stack.client.put(
+        "/_matrix/app/v1/transactions/50",
+        data=body.encode(),
+        headers={**AUTH, "Content-Type": "application/json"},
+    )
+    assert resp.status == 200
+    await stack.settle()
+    assert stack.gateway.bodies("!dm:x") == ["pong"]
+    assert await db.fetchval("SELECT COUNT(*) FROM inbox_event") == 1
+    text = await (await stack.client.get("/metrics")).text()
+    assert 'alcove_inbox_events_total{outcome="too_deep"} 2.0' in text
+
+    # Only a deep event, decodable: dropped, the transaction still answered 200.
+    assert await put_txn(stack, "51", [deep_message("!dm:x", 100)]) == 200
+    # A body that is not an object at all: a clean 400, not a 500.
+    resp = await stack.client.put(
+        "/_matrix/app/v1/transactions/52", data=b"[" * 100_000, headers=AUTH
+    )
+    assert resp.status == 400
+    assert (await resp.json())["errcode"] == "M_NOT_JSON"

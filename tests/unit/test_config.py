@@ -61,6 +61,7 @@ def test_valid_config_parses_into_typed_objects(tmp_path: Path) -> None:
     assert config.appservice.bot_localpart == "alcove"
     assert config.appservice.client_prefix == "c-"
     assert config.appservice.registration == tmp_path / "registration.yaml"
+    assert config.appservice.access_token_in_query is False  # the token only in a header
     assert config.bot_user_id == f"@alcove:{DOMAIN}"
     assert isinstance(config.practice.timezone, ZoneInfo)
     assert config.practice.timezone.key == "Europe/London"
@@ -220,6 +221,7 @@ def test_sqlite_url_without_a_file_is_refused(tmp_path: Path) -> None:
         ("appservice", "port", 70000),
         ("appservice", "port", "eighty"),
         ("homeserver", "verify_ssl", "maybe"),
+        ("appservice", "access_token_in_query", "sometimes"),
         ("inbox", "retry_base_seconds", "soon"),
         ("appservice", "bot_localpart", "Alcove Bot"),
         ("appservice", "bot_localpart", "c-bot"),  # would fall in the client namespace
@@ -231,6 +233,12 @@ def test_bad_scalar_values_name_their_key(
     data = valid_config()
     data[section][key] = value
     assert error_of(data, tmp_path).path == f"{section}.{key}"
+
+
+def test_access_token_in_query_can_be_turned_on(tmp_path: Path) -> None:
+    data = valid_config()
+    data["appservice"]["access_token_in_query"] = True
+    assert parse(data, tmp_path).appservice.access_token_in_query is True
 
 
 def test_section_that_is_not_a_mapping_is_refused(tmp_path: Path) -> None:
