@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
+from .matrix.outbox import AUTOMATED
+
 log = logging.getLogger("alcove.dispatch")
 
 
@@ -40,4 +42,18 @@ class Dispatcher:
         if etype == "m.room.message":
             if sender == self.bot_user_id:
                 return  # our own echo
+            if self._automated(event, sender):
+                log.debug("%s is Alcove's own message sent as %s", event.get("event_id"), sender)
+                return
             await self.sink.on_message(event)
+
+    def _automated(self, event: dict[str, Any], sender: str) -> bool:
+        """Alcove's own message sent as a staff member (scheduled, blast, phrase, welcome,
+        auto-reply): never a command, never the input a command awaits, not their reply. Alcove
+        never sends as a managed client, so a client's message is handled whatever it says."""
+        content = event.get("content")
+        return (
+            isinstance(content, dict)
+            and content.get(AUTOMATED) is True
+            and not sender.startswith(self.client_prefix)
+        )

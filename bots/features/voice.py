@@ -8,8 +8,9 @@ from typing import Any
 
 from bridge.config import Config
 from bridge.matrix.gateway import MatrixGateway
+from bridge.matrix.outbox import AUTOMATED
 
-AUTOMATED = "org.alcove.automated"
+__all__ = ["AUTOMATED", "TherapistVoice"]
 
 
 class TherapistVoice:
@@ -39,9 +40,9 @@ class TherapistVoice:
         *,
         automated: bool = False,
     ) -> dict[str, Any]:
-        """The content as sent by ``speaker``: marked "on behalf of" when the bot speaks, and
-        marked automated (scheduled, blast, auto-reply) so it never counts as the therapist's
-        own reply."""
+        """The content as sent by ``speaker``: marked "on behalf of" when the bot speaks.
+        (The outbox marks every message it sends as automated; ``automated`` only makes that
+        explicit before the content reaches it.)"""
         out = dict(content)
         if automated:
             out[AUTOMATED] = True

@@ -26,6 +26,15 @@ log = logging.getLogger("alcove.outbox")
 
 DEVICE_ID = "ALCOVE"
 UNKNOWN_DEVICE = "M_UNKNOWN_DEVICE"
+AUTOMATED = "org.alcove.automated"
+"""Set in the content of every message Alcove sends. Alcove speaks as therapists through the
+double puppet, so its messages come back as theirs: the dispatcher never takes a marked
+message for a command (a scheduled "!ping" must not run), and the auto-responder does not
+count one as the therapist's own reply."""
+
+
+def marked(event_type: str, content: dict[str, Any]) -> dict[str, Any]:
+    return {**content, AUTOMATED: True} if event_type == "m.room.message" else content
 
 
 def txn_id_for(sender: str, key: str) -> str:
@@ -92,7 +101,13 @@ class Outbox:
         """Write the message down without handing it to a worker: for use inside a database
         transaction that must commit together with it. Call ``submit`` after the commit."""
         return await self.repo.insert(
-            key, sender, room_id, event_type, content, txn_id_for(sender, key), ms(self.clock)
+            key,
+            sender,
+            room_id,
+            event_type,
+            marked(event_type, content),
+            txn_id_for(sender, key),
+            ms(self.clock),
         )
 
     async def prepare_many(
@@ -101,8 +116,9 @@ class Outbox:
         """``prepare`` for many (key, sender, room_id, content) in one statement."""
         written = await self.repo.insert_many(
             [
-                (key, sender, room_id, event_type, content, txn_id_for(sender, key))
+                (key, sender, room_id, event_type, marked(event_type, content), txn_id)
                 for key, sender, room_id, content in items
+                for txn_id in (txn_id_for(sender, key),)
             ],
             ms(self.clock),
         )

@@ -9,7 +9,7 @@ from mautrix.util.async_db import Database
 
 from bridge.db.outbox_repo import DeviceRepo, OutboxRepo
 from bridge.matrix.gateway import PermanentError, TemporaryError
-from bridge.matrix.outbox import DEVICE_ID, Outbox, txn_id_for
+from bridge.matrix.outbox import AUTOMATED, DEVICE_ID, Outbox, txn_id_for
 from bridge.metrics import Metrics
 from tests.support.fakes import FakeClock, RecordingGateway
 
@@ -227,3 +227,20 @@ async def test_prepare_many_keeps_existing_rows_and_the_order(db: Database) -> N
     await outbox.stop()
     assert gw.bodies() == ["old", "n1", "n2"]
     assert await outbox.prepare_many([]) == []
+
+
+async def test_every_message_is_marked_automated(db: Database) -> None:
+    """Alcove's messages come back as their senders' (the therapist's, through the double
+    puppet): the marker lets the dispatcher tell them from what the therapist typed."""
+    gw = RecordingGateway()
+    outbox = make_outbox(db, gw)
+    await outbox.start()
+    await outbox.send("one", "@therapist:test.local", "!r:x", {"msgtype": "m.text", "body": "!p"})
+    rows = await outbox.prepare_many([("two", BOT, "!r:x", text("hi"))])
+    for row in rows:
+        outbox.submit(row)
+    reaction = {"m.relates_to": {"rel_type": "m.annotation", "event_id": "$e", "key": "x"}}
+    await outbox.send("three", BOT, "!r:x", reaction, event_type="m.reaction")
+    await outbox.join()
+    await outbox.stop()
+    assert [s.content.get(AUTOMATED) for s in gw.sent] == [True, True, None]

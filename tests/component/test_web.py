@@ -23,12 +23,12 @@ from bridge.db.inbox_repo import InboxRepo
 from bridge.db.outbox_repo import DeviceRepo, OutboxRepo
 from bridge.dispatch import Dispatcher
 from bridge.inbox import Inbox
-from bridge.matrix.outbox import Outbox
+from bridge.matrix.outbox import AUTOMATED, Outbox
 from bridge.metrics import Metrics
 from bridge.web.server import READY, build_web_app
 from bridge.web.transactions import TransactionEndpoint
 from tests.support.builders import DOMAIN, invite, make_config, message
-from tests.support.fakes import FakeClock, RecordingGateway
+from tests.support.fakes import FakeClock, RecordingGateway, RecordingTimers, Sent
 
 HS_TOKEN = "hs-token-for-tests"
 THERAPIST = f"@therapist:{DOMAIN}"
@@ -42,6 +42,8 @@ class Stack:
     outbox: Outbox
     gateway: RecordingGateway
     config: Config
+    clock: FakeClock
+    timers: RecordingTimers
 
     async def settle(self) -> None:
         for _ in range(3):
@@ -62,9 +64,10 @@ async def stack(db: Database, tmp_path: Path) -> AsyncIterator[Stack]:
     )
     metrics = Metrics()
     clock = FakeClock()
-    gateway = RecordingGateway(bot_user_id=config.bot_user_id)
+    gateway = RecordingGateway(bot_user_id=config.bot_user_id, existing_users={THERAPIST})
     outbox = Outbox(OutboxRepo(db), DeviceRepo(db), gateway, clock, metrics)
-    bot = Bot(config, gateway, outbox, db, clock)
+    timers = RecordingTimers()
+    bot = Bot(config, gateway, outbox, db, clock, timers)
     inbox = Inbox(
         InboxRepo(db), Dispatcher(config.bot_user_id, bot).handle, clock, metrics, config.inbox
     )
@@ -79,7 +82,7 @@ async def stack(db: Database, tmp_path: Path) -> AsyncIterator[Stack]:
     await inbox.start()
     app[READY]["ready"] = True
     async with TestClient(TestServer(app)) as client:
-        yield Stack(client, inbox, outbox, gateway, config)
+        yield Stack(client, inbox, outbox, gateway, config, clock, timers)
     await inbox.stop()
     await outbox.stop()
 
@@ -261,10 +264,7 @@ async def test_a_phrase_with_a_format_spec_is_refused_and_never_rendered(
     assert await PhraseRepo(db).get(THERAPIST, "big") is None
 
     # One saved by an older Alcove is refused when used, with what to do.
-    repo = ConversationRepo(db)
-    client = Client(f"@c-jane:{DOMAIN}", THERAPIST, "Jane Doe", "J.D.", None)
-    await repo.add_client(client, "$origin-jane", 0)
-    await repo.add_room(Room("!dm:x", DM, THERAPIST, client.user_id, "Jane Doe"), 0)
+    await dm_with_a_client(stack, db)
     await PhraseRepo(db).put(THERAPIST, "old", "Hi {therapist_name:>999999999}")
     assert await put_txn(stack, "41", [message("!dm:x", THERAPIST, "!p old")]) == 200
     await stack.settle()
@@ -339,3 +339,92 @@ async def test_deeply_nested_events_are_dropped_and_the_rest_accepted(
     )
     assert resp.status == 400
     assert (await resp.json())["errcode"] == "M_NOT_JSON"
+
+
+async def dm_with_a_client(stack: Stack, db: Database, room_id: str = "!dm:x") -> Client:
+    repo = ConversationRepo(db)
+    client = Client(f"@c-jane:{DOMAIN}", THERAPIST, "Jane Doe", "J.D.", None)
+    await repo.add_client(client, "$origin-jane", 0)
+    await repo.add_room(Room(room_id, DM, THERAPIST, client.user_id, "Jane Doe"), 0)
+    return client
+
+
+async def echo(stack: Stack, txn: str, sent: list[Sent]) -> None:
+    """The homeserver pushes Alcove's own messages back, as their senders'."""
+    events = [
+        {
+            "type": s.event_type,
+            "room_id": s.room_id,
+            "sender": s.sender,
+            "event_id": f"$echo-{txn}-{i}",
+            "origin_server_ts": 1,
+            "content": s.content,
+        }
+        for i, s in enumerate(sent)
+    ]
+    assert await put_txn(stack, txn, events) == 200
+    await stack.settle()
+
+
+async def test_automated_messages_starting_with_bang_are_not_commands(
+    stack: Stack, db: Database
+) -> None:
+    """A scheduled message, a blast and a phrase are sent as the therapist (double puppet):
+    their text "!ping" comes back as the therapist's and must not be run as a command."""
+    await dm_with_a_client(stack, db)
+    commands = [
+        message("!dm:x", THERAPIST, "!schedule in 10m !ping"),
+        message("!mgmt:x", THERAPIST, "!blast all !ping"),
+        message("!mgmt:x", THERAPIST, "!phrase add bang !ping"),
+        message("!dm:x", THERAPIST, "!p bang"),
+    ]
+    for i, command in enumerate(commands):
+        assert await put_txn(stack, f"60{i}", [command]) == 200
+        await stack.settle()
+    stack.clock.advance(600)
+    (job,) = stack.timers.armed
+    await stack.timers.run(job)
+    await stack.settle()
+    as_therapist = [s for s in stack.gateway.sent if s.sender == THERAPIST]
+    assert [s.content["body"] for s in as_therapist] == ["!ping"] * 3  # blast, phrase, schedule
+    assert all(s.content[AUTOMATED] is True for s in stack.gateway.sent)
+
+    before = len(stack.gateway.sent)
+    await echo(stack, "70", as_therapist)
+    assert stack.gateway.sent[before:] == []
+    assert "pong" not in stack.gateway.bodies()
+
+    # The same text typed by the therapist is a command.
+    assert await put_txn(stack, "71", [message("!dm:x", THERAPIST, "!ping")]) == 200
+    await stack.settle()
+    assert stack.gateway.bodies()[-1] == "pong"
+
+
+async def test_an_automated_message_is_not_taken_as_awaited_input(
+    stack: Stack, db: Database
+) -> None:
+    """`!blast all` waits for the therapist's next message; a scheduled message that goes out
+    meanwhile (sent as the therapist) must not become the blast."""
+    await dm_with_a_client(stack, db)
+    assert await put_txn(stack, "80", [message("!dm:x", THERAPIST, "!schedule in 1m Hi")]) == 200
+    await stack.settle()
+    assert await put_txn(stack, "81", [message("!dm:x", THERAPIST, "!blast all")]) == 200
+    await stack.settle()
+    stack.clock.advance(60)
+    (job,) = stack.timers.armed
+    await stack.timers.run(job)
+    await stack.settle()
+    scheduled = [s for s in stack.gateway.sent if s.sender == THERAPIST]
+    before = len(stack.gateway.sent)
+    await echo(stack, "82", scheduled)
+    assert stack.gateway.sent[before:] == []  # no "Send to 1 client? !yes" for it
+
+
+async def test_a_client_cannot_hide_a_message_behind_the_marker(stack: Stack, db: Database) -> None:
+    """Alcove never sends as a managed client: a client's marked message is still handled."""
+    client = await dm_with_a_client(stack, db)
+    event = message("!dm:x", client.user_id, "!ping")
+    event["content"][AUTOMATED] = True
+    assert await put_txn(stack, "90", [event]) == 200
+    await stack.settle()
+    assert stack.gateway.bodies("!dm:x") != []  # answered (a refusal: clients have no !ping)
