@@ -173,6 +173,24 @@ async def test_scheduled_messages(
     assert await count_in(client, room, "See you tomorrow at 10") == 1
 
 
+async def test_a_scheduled_bang_message_is_not_run_as_a_command(
+    alcove: AlcoveProcess, therapist: MatrixUser
+) -> None:
+    """The scheduled text "!ping" goes out as the therapist and comes back as theirs: it is
+    marked automated and Alcove does not answer it. A room's events are handled, and its
+    replies sent, in order: once the answer to a later `!help` is there, a pong would be too."""
+    mgmt = await management_room(therapist)
+    fay = await add_client(therapist, mgmt, "Fay Fern")
+    room = fay.room_id
+    await therapist.send_text(room, "!schedule in 1s !ping")
+    await therapist.wait_for(from_bot(room, "Scheduled #"))
+    scheduled = await therapist.wait_for(text_from(room, THERAPIST, "!ping"), timeout=20)
+    assert scheduled["content"]["org.alcove.automated"] is True
+    await therapist.send_text(room, "!help")
+    await therapist.wait_for(from_bot(room, "!ping"), timeout=20)
+    assert await count_in(therapist, room, "pong") == 0
+
+
 async def test_message_due_while_alcove_was_down_is_sent_once_marked_late(
     alcove: AlcoveProcess, therapist: MatrixUser, synapse: DevStack, http: aiohttp.ClientSession
 ) -> None:
