@@ -239,6 +239,7 @@ async def test_doctor_passes_against_the_running_stack(
     assert result.returncode == 0, result.stdout + result.stderr
     assert "[ok  ] bot is a server admin" in result.stdout
     assert "[ok  ] Synapse reaches Alcove (appservice ping)" in result.stdout
+    assert "[ok  ] registration files current" in result.stdout
     # The dev homeserver is configured for text-only sessions; SQLite needs VACUUM (advice).
     assert "[ok  ] push notifications carry no message text" in result.stdout
     assert "[ok  ] redacted content is not kept" in result.stdout
