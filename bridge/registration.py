@@ -22,6 +22,12 @@ from ruamel.yaml.error import YAMLError
 from .config import Config
 from .errors import AlcoveError
 
+UPGRADE_ADVICE = (
+    "Run `alcove generate-registration --keep-tokens` (rewrites both files in the current form, "
+    "keeping their tokens) and restart Synapse."
+)
+EPHEMERAL_MSC2409 = "de.sorunome.msc2409.push_ephemeral"
+
 
 class RegistrationExists(AlcoveError):
     pass
@@ -139,13 +145,6 @@ def outdated(config: Config) -> list[str]:
                 f"{doublepuppet_regex(domain)}"
             )
     return problems
-
-
-UPGRADE_ADVICE = (
-    "Run `alcove generate-registration --keep-tokens` (rewrites both files in the current form, "
-    "keeping their tokens) and restart Synapse."
-)
-EPHEMERAL_MSC2409 = "de.sorunome.msc2409.push_ephemeral"
 
 
 def _too_wide(regex: str, domain: str) -> bool:

@@ -116,9 +116,15 @@ class Outbox:
         """``prepare`` for many (key, sender, room_id, content) in one statement."""
         written = await self.repo.insert_many(
             [
-                (key, sender, room_id, event_type, marked(event_type, content), txn_id)
+                (
+                    key,
+                    sender,
+                    room_id,
+                    event_type,
+                    marked(event_type, content),
+                    txn_id_for(sender, key),
+                )
                 for key, sender, room_id, content in items
-                for txn_id in (txn_id_for(sender, key),)
             ],
             ms(self.clock),
         )
