@@ -21,7 +21,7 @@ from urllib.parse import unquote
 from .parse import Pill, pill_marker, without_markers
 
 HTML = "org.matrix.custom.html"
-_MATRIX_TO = re.compile(r"^https?://matrix\.to/#/(@[^/?#]+)", re.IGNORECASE)
+_MATRIX_TO = re.compile(r"^https?://matrix\.to/#/((?:@|%40)[^/?#]+)", re.IGNORECASE)
 _MATRIX_URI = re.compile(r"^matrix:u/([^/?#]+)", re.IGNORECASE)
 _USER_ID = re.compile(r"^@[^\s:]+:\S+$")
 _BLOCK_END = {"p", "div", "li", "blockquote", "pre", "h1", "h2", "h3", "h4", "h5", "h6", "tr"}
