@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from ..features.schedule.timeparse import TimeError, parse_delay
 from .parse import ParsedCommand, Word, pill_ids, show_pills
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ class Kind:
 
 def _id(text: str) -> int:
     digits = text.removeprefix("#")
-    if not digits.isdigit() or len(digits) > 18:
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
         raise UsageError()
     return int(digits)
 
@@ -70,7 +71,7 @@ def _date(text: str) -> date:
         raise UsageError() from None
 
 
-_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2} \d{1,2}:\d{2}$")
+_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2} \d{1,2}:\d{2}$", re.ASCII)
 
 
 def _datetime(text: str) -> tuple[str, str]:
@@ -86,8 +87,6 @@ def _datetime(text: str) -> tuple[str, str]:
 
 
 def _duration(text: str) -> timedelta:
-    from ..features.schedule.timeparse import TimeError, parse_delay
-
     try:
         return parse_delay(text)
     except TimeError as e:
@@ -98,7 +97,7 @@ def minutes(most: int, hint: str) -> Kind:
     """``<N>m`` from 1 to ``most`` minutes, as an int."""
 
     def convert(text: str) -> int:
-        match = re.fullmatch(r"(\d{1,4})m", text.lower())
+        match = re.fullmatch(r"(\d{1,4})m", text.lower(), re.ASCII)
         if match is None or not 0 < int(match[1]) <= most:
             raise UsageError(hint=hint)
         return int(match[1])
