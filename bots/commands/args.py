@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -286,20 +286,10 @@ def match(subs: Sequence[Sub], parsed: ParsedCommand) -> Matched:
         ):
             continue
         skip = 1 if sub.name is not None else 0
-        body = ParsedCommand(
-            parsed.name,
-            parsed.args,
-            parsed.raw_args,
-            parsed.words[skip:],
-            parsed.line,
-            parsed.pills,
-        )
-        words = _take_flags(sub, body, values)
+        words = _take_flags(sub, replace(parsed, words=parsed.words[skip:]), values)
         if words is None:
             raise UsageError()
-        body = ParsedCommand(
-            parsed.name, parsed.args, parsed.raw_args, words, parsed.line, parsed.pills
-        )
+        body = replace(parsed, words=words)
         for items in _flat_forms(sub.items):
             spans = _shape(items, words)
             if spans is None:

@@ -18,7 +18,6 @@ from .runs import CommandRuns
 
 log = logging.getLogger("alcove.commands")
 
-ReplyFactory = Callable[[str], Callable[[str], Awaitable[None]]]
 Refused = Callable[[str, str, str], Awaitable[None]]
 
 EDIT_WINDOW_MS = 10 * 60 * 1000
