@@ -114,10 +114,6 @@ def split_words(text: str) -> tuple[Word, ...]:
     return tuple(words)
 
 
-def split_args(text: str) -> tuple[str, ...]:
-    return tuple(w.text for w in split_words(text))
-
-
 def parse_command(body: str, pills: tuple[Pill, ...] = ()) -> ParsedCommand | ParseError | None:
     """None when the message is not a command at all."""
     text = body.strip()
