@@ -22,8 +22,10 @@ from .bot_types import notice, split_text
 from .commands.awaiting import AwaitingInput
 from .commands.confirm import Confirmations
 from .commands.context import CommandContext
+from .commands.incoming import Incoming, read_message
 from .commands.registry import CommandRegistry
 from .commands.router import CommandRouter
+from .commands.runs import CommandRuns
 from .features.away.commands import AwayCommands
 from .features.away.service import AwayService
 from .features.blasts.commands import BlastCommands
@@ -99,7 +101,7 @@ class Bot:
                 *SessionCommands(self.sessions).specs(),
             ]
         )
-        self.router = CommandRouter(self.registry, on_refused=self._refused)
+        self.router = CommandRouter(self.registry, on_refused=self._refused, runs=CommandRuns(db))
 
     async def _next_session(self, therapist: str, client_id: str) -> str | None:
         found = await self.sessions.repo.next_for_client(therapist, client_id, ms(self.clock))
@@ -168,11 +170,12 @@ class Bot:
         room = await self.conversations.repo.room(room_id)
         if room is not None:
             await self.away.on_message(event, room)
-        body = content.get("body")
+        sent_at = event.get("origin_server_ts")
+        incoming = read_message(content, sent_at if isinstance(sent_at, int) else ms(self.clock))
         is_command = (
             content["msgtype"] == "m.text"
-            and isinstance(body, str)
-            and body.lstrip().startswith("!")
+            and incoming is not None
+            and incoming.text.lstrip().startswith("!")
         )
         replies = 0
 
@@ -181,21 +184,44 @@ class Bot:
             for part in split_text(text):
                 replies += 1
                 await self.outbox.send(
-                    f"reply:{event_id}:{replies}", self.gateway.bot_user_id, room_id, notice(part)
+                    f"reply:{event_id}:{replies}",
+                    self.gateway.bot_user_id,
+                    room_id,
+                    {**notice(part), **answer_relation(incoming, event_id)},
                 )
 
         role = await self.role_of(sender)
         if is_command:
-            assert isinstance(body, str)
+            assert incoming is not None
             await self.router.handle(
-                body, sender=sender, role=role, room_id=room_id, event_id=event_id, reply=reply
+                incoming, sender=sender, role=role, room_id=room_id, event_id=event_id, reply=reply
             )
             return
         if role not in ("therapist", "care", "admin") or content["msgtype"] == "m.notice":
             return
+        if incoming is not None and incoming.edit_of is not None:
+            return  # an edit is never the message a command waits for
         waiting = await self.awaiting.take(room_id, sender)
         if waiting is not None and waiting[0] == "blast":
             ctx = CommandContext(
                 sender, role, room_id, event_id, "blast", (), "", self.registry, reply
             )
             await self.blasts.capture(ctx, waiting[1], content)
+
+
+def answer_relation(incoming: Incoming | None, event_id: str) -> dict[str, Any]:
+    """How an answer points at its command: into the command's thread when it was sent in one
+    (a thread reply that falls back to a reply), otherwise a reply to it. For an edit, the
+    edited (original) command is the one answered."""
+    target = (incoming.reply_to if incoming else None) or event_id
+    in_reply_to = {"m.in_reply_to": {"event_id": target}}
+    if incoming is not None and incoming.thread_root:
+        return {
+            "m.relates_to": {
+                "rel_type": "m.thread",
+                "event_id": incoming.thread_root,
+                "is_falling_back": True,
+                **in_reply_to,
+            }
+        }
+    return {"m.relates_to": in_reply_to}

@@ -73,8 +73,6 @@ class Confirmations:
 
     def specs(self) -> list[CommandSpec]:
         return [
-            CommandSpec(
-                "yes", self.yes, "confirm what I just asked you", roles=EVERYONE, max_args=0
-            ),
-            CommandSpec("no", self.no, "cancel what I just asked you", roles=EVERYONE, max_args=0),
+            CommandSpec("yes", self.yes, "confirm what I just asked you", roles=EVERYONE),
+            CommandSpec("no", self.no, "cancel what I just asked you", roles=EVERYONE),
         ]

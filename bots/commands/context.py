@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .registry import CommandRegistry
@@ -23,6 +23,8 @@ class CommandContext:
     raw_args: str
     registry: CommandRegistry
     _reply: Reply = field(repr=False)
+    values: dict[str, Any] = field(default_factory=dict)
+    """The declared arguments, converted (by key); see ``args.py``."""
 
     async def reply(self, text: str) -> None:
         await self._reply(text)

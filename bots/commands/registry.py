@@ -25,6 +25,7 @@ class CommandRegistry:
         return [s for s in self._specs.values() if s.allows(role)]
 
     def help_text(self, role: str) -> str:
+        """One line per command: its generated usage (every form) and its help."""
         lines = ["Commands you can use:"]
         for spec in sorted(self.for_role(role), key=lambda s: s.name):
             lines.append(f"{spec.usage_line} — {spec.help}")

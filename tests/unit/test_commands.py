@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from bots.commands.args import CLIENT, WORD, Arg
 from bots.commands.context import CommandContext
 from bots.commands.parse import ParsedCommand, ParseError, parse_command
 from bots.commands.registry import CommandRegistry
@@ -59,12 +60,10 @@ def build_router(calls: Calls) -> CommandRouter:
                 "note",
                 calls.record,
                 "write a note",
-                usage="<client> <text>",
+                (Arg("client", CLIENT), Arg("text", WORD)),
                 roles=("therapist",),
-                min_args=2,
-                max_args=2,
             ),
-            CommandSpec("staffonly", calls.record, "for staff", roles=STAFF, max_args=0),
+            CommandSpec("staffonly", calls.record, "for staff", roles=STAFF),
             CommandSpec("boom", boom, "always fails"),
             CommandSpec("down", homeserver_down, "the homeserver is down"),
         )
@@ -146,7 +145,7 @@ def test_registry_refuses_a_duplicate_name(calls: Calls) -> None:
 
 
 def test_role_phrase_and_usage_line(calls: Calls) -> None:
-    spec = CommandSpec("x", calls.record, "h", usage="<a>", roles=("therapist", "care", "admin"))
+    spec = CommandSpec("x", calls.record, "h", (Arg("a"),), roles=("therapist", "care", "admin"))
     assert spec.role_phrase() == "therapists, care staff and admins"
     assert spec.usage_line == "!x <a>"
     assert CommandSpec("y", calls.record, "h").usage_line == "!y"

@@ -12,6 +12,7 @@ import pytest
 
 from bots.commands.context import CommandContext
 from bots.commands.registry import CommandRegistry
+from bots.commands.router import CommandRouter
 from bots.features.conversations.repo import Client
 from bots.features.conversations.service import ClientLookupError
 from bots.features.schedule.timeparse import local_text
@@ -131,24 +132,19 @@ class Harness:
         async def reply(text: str) -> None:
             self.replies.append(text)
 
-        ctx = CommandContext(
+        # Through the router, as the declared arguments are read there. Every sender is given
+        # the therapist role: the handlers' own checks (this session's therapist) are tested.
+        router = CommandRouter(CommandRegistry(self.commands.specs()))
+        before = len(self.replies)
+        handled = await router.handle(
+            f"!{name} {raw}",
             sender=sender,
-            role="therapist" if sender == THERAPIST else "client",
+            role="therapist",
             room_id=room_id,
             event_id="$cmd",
-            name=name,
-            args=tuple(raw.split()),
-            raw_args=raw,
-            registry=CommandRegistry(),
-            _reply=reply,
+            reply=reply,
         )
-        handler = {
-            "session": self.commands.session,
-            "end": self.commands.end,
-            "extend": self.commands.extend,
-        }[name]
-        before = len(self.replies)
-        await handler(ctx)
+        assert handled
         assert len(self.replies) == before + 1, self.replies[before:]
         return self.replies[-1]
 

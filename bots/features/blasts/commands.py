@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from ...commands.args import CLIENT, REST, Arg, Kind, UsageError
 from ...commands.awaiting import AwaitingInput
 from ...commands.confirm import Confirmations
 from ...commands.context import CommandContext
@@ -14,7 +15,8 @@ from .service import AudienceError, BlastResult, BlastService
 LISTED_FAILURES = 50
 """Failures named one by one in the report; the rest are counted by reason."""
 
-USAGE = "<all | group:<title> | client,client,...> [message]"
+AUDIENCE = Kind("all | group:<title> | client,client,...", pills_as_ids=CLIENT.pills_as_ids)
+"""One word (quote a group title with spaces: group:"Tuesday circle"); pills are user IDs."""
 
 
 class BlastCommands:
@@ -32,26 +34,18 @@ class BlastCommands:
                 "blast",
                 self.blast,
                 "one message to many clients, each in their own chat",
-                usage=USAGE,
+                (Arg("audience", AUDIENCE), Arg("message", REST, optional=True)),
                 roles=("therapist",),
-                min_args=1,
             )
         ]
 
     async def blast(self, ctx: CommandContext) -> None:
-        audience_spec, _, text = ctx.raw_args.partition(" ")
-        audience_spec = audience_spec.strip()
-        if audience_spec.lower() == "group:" or (
-            audience_spec.lower().startswith("group:") and audience_spec.startswith('group:"')
-        ):
-            # group:"Tuesday circle" — a quoted title with spaces
-            audience_spec, text = _quoted_group(ctx.raw_args)
+        audience_spec: str = ctx.values["audience"]
         try:
             clients = await self.service.audience(ctx.sender, audience_spec)
         except AudienceError as e:
-            await ctx.reply(f"{e} Usage: !blast {USAGE}")
-            return
-        text = text.strip()
+            raise UsageError(str(e)) from None
+        text: str = ctx.values["message"] or ""
         if not text:
             await self.awaiting.expect(
                 ctx.room_id, ctx.sender, "blast", {"audience": audience_spec}
@@ -98,12 +92,6 @@ class BlastCommands:
         content = {k: v for k, v in dict(payload["content"]).items() if k != "m.relates_to"}
         result = await self.service.send(ctx.sender, clients, content, str(payload["origin"]))
         await ctx.reply(report(result))
-
-
-def _quoted_group(raw: str) -> tuple[str, str]:
-    rest = raw.strip()[len('group:"') :]
-    title, _, text = rest.partition('"')
-    return f"group:{title}", text
 
 
 def report(result: BlastResult) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...commands.args import CLIENT, TITLE, WORDS, Arg, Flag, Kind, Sub, UsageError, UserError
 from ...commands.confirm import Confirmations
 from ...commands.context import CommandContext
 from ...commands.spec import CommandSpec
@@ -12,8 +13,14 @@ from .service import ClientLookupError, ConversationService
 
 THERAPIST = ("therapist",)
 
-CLIENT_USAGE = "add <full name> [--email ADDR] | list"
-GROUP_USAGE = 'create "<title>" <client> <client>... | add <client> | remove <client> | list'
+
+def _email(text: str) -> str:
+    if "@" not in text:
+        raise UsageError()
+    return text
+
+
+EMAIL = Kind("ADDR", _email)
 
 
 class ConversationCommands:
@@ -24,30 +31,47 @@ class ConversationCommands:
         confirmations.register("group.remove", self._confirmed_remove)
 
     def specs(self) -> list[CommandSpec]:
+        client = Arg("client", CLIENT)
         return [
             CommandSpec(
                 "client",
-                self.client,
+                None,
                 "add a client (new account + 1:1 room), or list yours",
-                usage=CLIENT_USAGE,
                 roles=THERAPIST,
-                min_args=1,
+                subs=(
+                    Sub(
+                        "add",
+                        self._client_add,
+                        (
+                            Arg("full_name", WORDS, "full name"),
+                            Flag("--email", "email", EMAIL, "ADDR"),
+                        ),
+                    ),
+                    Sub("list", self._client_list),
+                ),
             ),
             CommandSpec(
                 "group",
-                self.group,
+                None,
                 "community chats where clients see each other as initials",
-                usage=GROUP_USAGE,
                 roles=THERAPIST,
-                min_args=1,
+                subs=(
+                    Sub(
+                        "create",
+                        self._group_create,
+                        (Arg("title", TITLE), Arg("clients", CLIENT, many=True)),
+                    ),
+                    Sub("add", self._group_add, (client,)),
+                    Sub("remove", self._group_remove, (client,)),
+                    Sub("list", self._group_list),
+                ),
             ),
             CommandSpec(
                 "title",
                 self.title,
                 "rename this conversation",
-                usage="<text>",
+                (Arg("title", WORDS),),
                 roles=THERAPIST,
-                min_args=1,
             ),
         ]
 
@@ -62,37 +86,20 @@ class ConversationCommands:
             return None
         return room
 
-    async def _client_arg(self, ctx: CommandContext, token: str) -> Client | None:
+    async def _client_arg(self, ctx: CommandContext, token: str) -> Client:
+        """A client argument (a pill is already its user ID): one of the sender's clients."""
         try:
             return await self.service.resolve_client(ctx.sender, token)
         except ClientLookupError as e:
-            await ctx.reply(str(e))
-            return None
+            raise UserError(str(e)) from None
 
     # ------------------------------------------------------------------ !client
 
-    async def client(self, ctx: CommandContext) -> None:
-        sub, rest = ctx.args[0].lower(), list(ctx.args[1:])
-        if sub == "list":
-            await self._client_list(ctx)
-        elif sub == "add":
-            await self._client_add(ctx, rest)
-        else:
-            await ctx.reply(f"Usage: !client {CLIENT_USAGE}")
-
-    async def _client_add(self, ctx: CommandContext, words: list[str]) -> None:
-        email = None
-        if "--email" in words:
-            i = words.index("--email")
-            if i + 1 >= len(words) or "@" not in words[i + 1]:
-                await ctx.reply("Usage: !client add <full name> [--email ADDR]")
-                return
-            email = words[i + 1]
-            del words[i : i + 2]
-        full_name = " ".join(words).strip()
-        if not full_name or not any(ch.isalpha() for ch in full_name):
-            await ctx.reply("Usage: !client add <full name> [--email ADDR]")
-            return
+    async def _client_add(self, ctx: CommandContext) -> None:
+        email: str | None = ctx.values["email"]
+        full_name: str = ctx.values["full_name"]
+        if not any(ch.isalpha() for ch in full_name):
+            raise UsageError()
         if not await self._in_management_room(ctx):
             await ctx.reply(
                 "Please add clients in your direct chat with me: the reply contains a password."
@@ -121,27 +128,11 @@ class ConversationCommands:
 
     # ------------------------------------------------------------------ !group
 
-    async def group(self, ctx: CommandContext) -> None:
-        sub, rest = ctx.args[0].lower(), list(ctx.args[1:])
-        if sub == "create":
-            await self._group_create(ctx, rest)
-        elif sub in ("add", "remove"):
-            await self._group_member(ctx, sub, rest)
-        elif sub == "list":
-            await self._group_list(ctx)
-        else:
-            await ctx.reply(f"Usage: !group {GROUP_USAGE}")
-
-    async def _group_create(self, ctx: CommandContext, words: list[str]) -> None:
-        if len(words) < 2:
-            await ctx.reply('Usage: !group create "<title>" <client> <client>...')
-            return
-        title, tokens = words[0], words[1:]
+    async def _group_create(self, ctx: CommandContext) -> None:
+        title: str = ctx.values["title"]
         clients: list[Client] = []
-        for token in tokens:
+        for token in ctx.values["clients"]:
             client = await self._client_arg(ctx, token)
-            if client is None:
-                return
             if client not in clients:
                 clients.append(client)
         room = await self.service.create_group(ctx.sender, title, clients, ctx.event_id)
@@ -151,17 +142,18 @@ class ConversationCommands:
             "Clients see each other only by initials; new members do not see earlier messages."
         )
 
-    async def _group_member(self, ctx: CommandContext, sub: str, words: list[str]) -> None:
-        if len(words) != 1:
-            await ctx.reply(f"Usage: !group {sub} <client>")
-            return
+    async def _group_add(self, ctx: CommandContext) -> None:
+        await self._group_member(ctx, "add")
+
+    async def _group_remove(self, ctx: CommandContext) -> None:
+        await self._group_member(ctx, "remove")
+
+    async def _group_member(self, ctx: CommandContext, sub: str) -> None:
         room = await self._own_room(ctx, (GROUP,))
         if room is None:
             await ctx.reply(f"Use !group {sub} inside one of your community chats.")
             return
-        client = await self._client_arg(ctx, words[0])
-        if client is None:
-            return
+        client = await self._client_arg(ctx, ctx.values["client"])
         members = await self.service.repo.members(room.room_id)
         if sub == "add" and client.user_id in members:
             await ctx.reply(f"{client.full_name} is already in this chat.")
@@ -226,6 +218,6 @@ class ConversationCommands:
         if room is None:
             await ctx.reply("Use !title inside one of your conversations.")
             return
-        title = " ".join(ctx.args).strip()
+        title: str = ctx.values["title"]
         await self.service.set_title(room, title, ctx.sender)
         await ctx.reply(f"Renamed to {title!r}.")

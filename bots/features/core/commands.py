@@ -15,6 +15,6 @@ async def help_(ctx: CommandContext) -> None:
 
 
 COMMANDS = (
-    CommandSpec("ping", ping, "check that Alcove is listening", roles=EVERYONE, max_args=0),
-    CommandSpec("help", help_, "the commands you may use", roles=EVERYONE, max_args=0),
+    CommandSpec("ping", ping, "check that Alcove is listening", roles=EVERYONE),
+    CommandSpec("help", help_, "the commands you may use", roles=EVERYONE),
 )

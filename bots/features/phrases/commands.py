@@ -12,6 +12,7 @@ from bridge.config import PHRASE_PLACEHOLDERS, Config, check_template, placehold
 from bridge.matrix.gateway import MatrixGateway
 from bridge.matrix.outbox import Outbox
 
+from ...commands.args import REST, WORD, Arg, Kind, Sub, UsageError
 from ...commands.context import CommandContext
 from ...commands.spec import CommandSpec
 from ..conversations.repo import DM, GROUP, ConversationRepo
@@ -21,7 +22,15 @@ from ..voice import TherapistVoice
 NextSession = Callable[[str, str], Awaitable[str | None]]
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 CLIENT_PLACEHOLDERS = {"client_first_name"}
-USAGE = "add <name> <text> | list | show <name> | remove <name>"
+
+
+def _new_name(text: str) -> str:
+    if not NAME.match(text.lower()):
+        raise UsageError(hint="name: a-z, 0-9, - and _")
+    return text.lower()
+
+
+NEW_NAME = Kind("name", _new_name)
 
 
 class PhraseRepo:
@@ -78,70 +87,71 @@ class PhraseCommands:
         self.gateway = gateway
 
     def specs(self) -> list[CommandSpec]:
+        name = Arg("name", WORD)
         return [
             CommandSpec(
                 "phrase",
-                self.phrase,
+                None,
                 "your saved texts",
-                usage=USAGE,
                 roles=("therapist",),
-                min_args=1,
+                subs=(
+                    Sub("add", self._add, (Arg("name", NEW_NAME), Arg("text", REST))),
+                    Sub("list", self._list),
+                    Sub("show", self._show, (name,)),
+                    Sub("remove", self._remove, (name,)),
+                ),
             ),
             CommandSpec(
                 "p",
                 self.send,
                 "send a saved text here as yourself",
-                usage="<name>",
+                (name,),
                 roles=("therapist",),
-                min_args=1,
-                max_args=1,
             ),
         ]
 
     async def lookup(self, therapist: str, name: str) -> str | None:
         return await self.repo.get(therapist, name) or self.config.phrases.get(name)
 
-    async def phrase(self, ctx: CommandContext) -> None:
-        sub = ctx.args[0].lower()
-        if sub == "add":
-            parts = ctx.raw_args.split(maxsplit=2)
-            if len(parts) < 3 or not NAME.match(parts[1].lower()):
-                await ctx.reply("Usage: !phrase add <name> <text> (name: a-z, 0-9, - and _)")
-                return
-            name, text = parts[1].lower(), parts[2].strip()
-            problem = check_template(text, PHRASE_PLACEHOLDERS)
-            if problem:
-                await ctx.reply(f"Not saved: {problem}.")
-                return
-            await self.repo.put(ctx.sender, name, text)
-            await ctx.reply(f"Saved phrase {name!r}. Send it in a conversation with !p {name}")
-        elif sub == "list":
-            mine = await self.repo.all(ctx.sender)
-            practice = {k: v for k, v in self.config.phrases.items() if k not in mine}
-            if not mine and not practice:
-                await ctx.reply("No phrases yet. Add one with !phrase add <name> <text>.")
-                return
-            lines = []
-            if mine:
-                lines.append("Your phrases: " + ", ".join(sorted(mine)))
-            if practice:
-                lines.append("Practice phrases: " + ", ".join(sorted(practice)))
-            await ctx.reply("\n".join(lines))
-        elif sub == "show" and len(ctx.args) == 2:
-            found = await self.lookup(ctx.sender, ctx.args[1].lower())
-            await ctx.reply(found if found is not None else f"No phrase called {ctx.args[1]!r}.")
-        elif sub == "remove" and len(ctx.args) == 2:
-            if await self.repo.remove(ctx.sender, ctx.args[1].lower()):
-                await ctx.reply(f"Removed {ctx.args[1].lower()!r}.")
-            elif ctx.args[1].lower() in self.config.phrases:
-                await ctx.reply("That is a practice phrase; an admin changes it in the config.")
-            else:
-                await ctx.reply(f"No phrase called {ctx.args[1]!r}.")
+    async def _add(self, ctx: CommandContext) -> None:
+        name: str = ctx.values["name"]
+        text: str = ctx.values["text"]
+        problem = check_template(text, PHRASE_PLACEHOLDERS)
+        if problem:
+            await ctx.reply(f"Not saved: {problem}.")
+            return
+        await self.repo.put(ctx.sender, name, text)
+        await ctx.reply(f"Saved phrase {name!r}. Send it in a conversation with !p {name}")
+
+    async def _list(self, ctx: CommandContext) -> None:
+        mine = await self.repo.all(ctx.sender)
+        practice = {k: v for k, v in self.config.phrases.items() if k not in mine}
+        if not mine and not practice:
+            await ctx.reply("No phrases yet. Add one with !phrase add <name> <text>.")
+            return
+        lines = []
+        if mine:
+            lines.append("Your phrases: " + ", ".join(sorted(mine)))
+        if practice:
+            lines.append("Practice phrases: " + ", ".join(sorted(practice)))
+        await ctx.reply("\n".join(lines))
+
+    async def _show(self, ctx: CommandContext) -> None:
+        name: str = ctx.values["name"]
+        found = await self.lookup(ctx.sender, name.lower())
+        await ctx.reply(found if found is not None else f"No phrase called {name!r}.")
+
+    async def _remove(self, ctx: CommandContext) -> None:
+        name: str = ctx.values["name"]
+        if await self.repo.remove(ctx.sender, name.lower()):
+            await ctx.reply(f"Removed {name.lower()!r}.")
+        elif name.lower() in self.config.phrases:
+            await ctx.reply("That is a practice phrase; an admin changes it in the config.")
         else:
-            await ctx.reply(f"Usage: !phrase {USAGE}")
+            await ctx.reply(f"No phrase called {name!r}.")
 
     async def send(self, ctx: CommandContext) -> None:
-        name = ctx.args[0].lower()
+        name = str(ctx.values["name"]).lower()
         room = await self.rooms.room(ctx.room_id)
         if room is None or room.kind not in (DM, GROUP) or room.therapist_id != ctx.sender:
             await ctx.reply("Use !p inside one of your conversations.")

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from ...commands.args import DATETIME, DURATION, ID, REST, WORD, Arg, Sub, UsageError
 from ...commands.context import CommandContext
 from ...commands.spec import CommandSpec
 from ..conversations.repo import DM, GROUP, ConversationRepo
 from .service import ScheduleService
-from .timeparse import TimeError, local_text, next_fire, parse_delay, parse_local
+from .timeparse import TimeError, local_text, next_fire, parse_local
 
-USAGE = (
-    "in <N>(s|m|h|d) <message> | at <YYYY-MM-DD HH:MM> <message> | "
-    "every <weekday|day> <HH:MM> <message> | list | cancel <id>"
-)
+MESSAGE = Arg("message", REST)
 
 
 class ScheduleCommands:
@@ -25,58 +23,64 @@ class ScheduleCommands:
         return [
             CommandSpec(
                 "schedule",
-                self.schedule,
+                None,
                 "send a message later, once or every week/day",
-                usage=USAGE,
                 roles=("therapist",),
-                min_args=1,
+                subs=(
+                    Sub("in", self._in, (Arg("delay", DURATION), MESSAGE)),
+                    Sub("at", self._at, (Arg("when", DATETIME), MESSAGE)),
+                    Sub(
+                        "every",
+                        self._every,
+                        (Arg("day", WORD, "weekday|day"), Arg("time", WORD, "HH:MM"), MESSAGE),
+                    ),
+                    Sub("list", self._list),
+                    Sub("cancel", self._cancel, (Arg("id", ID),)),
+                ),
             )
         ]
 
-    async def schedule(self, ctx: CommandContext) -> None:
-        sub = ctx.args[0].lower()
-        if sub == "list":
-            await self._list(ctx)
+    async def _in(self, ctx: CommandContext) -> None:
+        if await self._here(ctx):
+            await self._create(ctx, self.service.now() + ctx.values["delay"], None)
+
+    async def _at(self, ctx: CommandContext) -> None:
+        if not await self._here(ctx):
             return
-        if sub == "cancel":
-            await self._cancel(ctx)
+        try:
+            day, hhmm = ctx.values["when"]
+            due = parse_local(day, hhmm, self.service.tz)
+        except TimeError as e:
+            raise UsageError(str(e)) from None
+        if due <= self.service.now():
+            await ctx.reply(f"{local_text(due, self.service.tz)} is in the past.")
             return
-        if sub not in ("in", "at", "every"):
-            await ctx.reply(f"Usage: !schedule {USAGE}")
+        await self._create(ctx, due, None)
+
+    async def _every(self, ctx: CommandContext) -> None:
+        if not await self._here(ctx):
             return
+        rule = f"{ctx.values['day'].lower()} {ctx.values['time']}"
+        try:
+            due = next_fire(rule, self.service.tz, self.service.now())
+        except TimeError as e:
+            raise UsageError(str(e)) from None
+        await self._create(ctx, due, rule)
+
+    async def _here(self, ctx: CommandContext) -> bool:
         room = await self.rooms.room(ctx.room_id)
         if room is None or room.kind not in (DM, GROUP) or room.therapist_id != ctx.sender:
             await ctx.reply("Use !schedule inside the conversation the message is for.")
-            return
-        # The message is the rest of the line exactly as typed (spacing and quotes kept).
-        needed = {"in": 2, "at": 3, "every": 3}[sub]
-        parts = ctx.raw_args.split(maxsplit=needed)
-        if len(parts) <= needed or not parts[needed].strip():
-            await ctx.reply(f"Usage: !schedule {USAGE}")
-            return
-        text = parts[needed].strip()
-        tz = self.service.tz
-        now = self.service.now()
-        rule = None
-        try:
-            if sub == "in":
-                due = now + parse_delay(parts[1])
-            elif sub == "at":
-                due = parse_local(parts[1], parts[2], tz)
-                if due <= now:
-                    await ctx.reply(f"{local_text(due, tz)} is in the past.")
-                    return
-            else:
-                rule = f"{parts[1].lower()} {parts[2]}"
-                due = next_fire(rule, tz, now)
-        except TimeError as e:
-            await ctx.reply(f"{e}. Usage: !schedule {USAGE}")
-            return
+            return False
+        return True
+
+    async def _create(self, ctx: CommandContext, due: datetime, rule: str | None) -> None:
+        text: str = ctx.values["message"]
         row = await self.service.create(
             ctx.sender, ctx.room_id, {"msgtype": "m.text", "body": text}, due, rule, ctx.event_id
         )
         repeat = f", then every {rule.split()[0]} at {rule.split()[1]}" if rule else ""
-        await ctx.reply(f"Scheduled #{row.id} for {local_text(due, tz)}{repeat}.")
+        await ctx.reply(f"Scheduled #{row.id} for {local_text(due, self.service.tz)}{repeat}.")
 
     async def _list(self, ctx: CommandContext) -> None:
         rows = await self.service.repo.pending_of(ctx.sender)
@@ -94,10 +98,7 @@ class ScheduleCommands:
         await ctx.reply("\n".join(lines))
 
     async def _cancel(self, ctx: CommandContext) -> None:
-        if len(ctx.args) != 2 or not ctx.args[1].lstrip("#").isdigit():
-            await ctx.reply("Usage: !schedule cancel <id>")
-            return
-        schedule_id = int(ctx.args[1].lstrip("#"))
+        schedule_id: int = ctx.values["id"]
         if await self.service.cancel(ctx.sender, schedule_id):
             await ctx.reply(f"Cancelled #{schedule_id}.")
         else:

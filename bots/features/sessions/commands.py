@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC
 
+from ...commands.args import (
+    CLIENT,
+    DATETIME,
+    ID,
+    Arg,
+    Lit,
+    Opt,
+    Sub,
+    UserError,
+    minutes,
+)
 from ...commands.context import CommandContext
 from ...commands.spec import EVERYONE, CommandSpec
 from ..conversations.repo import Client
@@ -14,11 +24,9 @@ from .repo import OPEN, Session
 from .service import SessionService
 from .transcript import Transcripts
 
-USAGE = (
-    "<client>... at <YYYY-MM-DD HH:MM> [for <N>m] | <client>... now [for <N>m] | list | cancel <id>"
-)
-_MINUTES = re.compile(r"^(\d{1,3})m$")
 THERAPIST = ("therapist",)
+CLIENTS = Arg("clients", CLIENT, many=True)
+LENGTH = Opt(Lit("for"), Arg("minutes", minutes(480, "for 1m to 480m")))
 
 
 class SessionCommands:
@@ -30,116 +38,77 @@ class SessionCommands:
         return [
             CommandSpec(
                 "session",
-                self.session,
+                None,
                 "book a text-only session (nothing is kept)",
-                usage=USAGE,
                 roles=THERAPIST,
-                min_args=1,
+                subs=(
+                    Sub(None, self._book, (CLIENTS, Lit("at"), Arg("when", DATETIME), LENGTH)),
+                    Sub(None, self._book, (CLIENTS, Lit("now"), LENGTH)),
+                    Sub("list", self._list),
+                    Sub("cancel", self._cancel, (Arg("id", ID),)),
+                ),
             ),
             CommandSpec(
                 "end",
                 self.end,
                 "end this session now (its messages are deleted)",
                 roles=THERAPIST,
-                max_args=0,
             ),
             CommandSpec(
                 "extend",
                 self.extend,
                 "make this session longer",
-                usage="<N>m",
+                (Arg("minutes", minutes(240, "1 to 240 minutes")),),
                 roles=THERAPIST,
-                min_args=1,
-                max_args=1,
             ),
             CommandSpec(
                 "transcript",
                 self.transcript,
                 "ask everyone here to agree to a transcript for your records",
                 roles=THERAPIST,
-                max_args=0,
             ),
             CommandSpec(
                 "consent",
                 self.consent,
                 "agree to the transcript asked for here",
                 roles=EVERYONE,
-                max_args=0,
             ),
             CommandSpec(
                 "decline",
                 self.decline,
                 "refuse the transcript asked for here",
                 roles=EVERYONE,
-                max_args=0,
             ),
         ]
 
     # ------------------------------------------------------------------ !session
 
-    async def session(self, ctx: CommandContext) -> None:
-        sub = ctx.args[0].lower()
-        if sub == "list" and len(ctx.args) == 1:
-            await self._list(ctx)
-            return
-        if sub == "cancel":
-            if len(ctx.args) != 2 or not ctx.args[1].lstrip("#").isdigit():
-                await ctx.reply("Usage: !session cancel <id>")
-                return
-            sid = int(ctx.args[1].lstrip("#"))
-            ok = await self.service.cancel(ctx.sender, sid)
-            await ctx.reply(
-                f"Cancelled session #{sid}."
-                if ok
-                else f"You have no session #{sid} that has not started."
-            )
-            return
-        await self._book(ctx)
+    async def _cancel(self, ctx: CommandContext) -> None:
+        sid: int = ctx.values["id"]
+        ok = await self.service.cancel(ctx.sender, sid)
+        await ctx.reply(
+            f"Cancelled session #{sid}."
+            if ok
+            else f"You have no session #{sid} that has not started."
+        )
 
     async def _book(self, ctx: CommandContext) -> None:
-        words = list(ctx.args)
-        lowered = [w.lower() for w in words]
-        if "now" in lowered:
-            split = lowered.index("now")
-            when_words, rest = [], words[split + 1 :]
-        elif "at" in lowered:
-            split = lowered.index("at")
-            when_words, rest = words[split + 1 : split + 3], words[split + 3 :]
-        else:
-            await ctx.reply(f"Usage: !session {USAGE}")
-            return
-        tokens = words[:split]
-        minutes = self.service.cfg.default_minutes
-        if rest:
-            match = _MINUTES.match(rest[-1].lower()) if len(rest) == 2 else None
-            if rest[0].lower() != "for" or match is None or not 0 < int(match[1]) <= 480:
-                await ctx.reply(f"Usage: !session {USAGE} (for 1m to 480m)")
-                return
-            minutes = int(match[1])
-        if not tokens:
-            await ctx.reply(f"Usage: !session {USAGE}")
-            return
+        when: tuple[str, str] | None = ctx.values.get("when")
+        minutes = ctx.values["minutes"] or self.service.cfg.default_minutes
         clients: list[Client] = []
-        for token in tokens:
+        for token in ctx.values["clients"]:
             try:
                 client = await self.service.conversations.resolve_client(ctx.sender, token)
             except ClientLookupError as e:
-                await ctx.reply(str(e))
-                return
+                raise UserError(str(e)) from None
             if client not in clients:
                 clients.append(client)
         now = self.service.clock.now().astimezone(UTC)
-        if when_words:
-            if len(when_words) != 2:
-                await ctx.reply(f"Usage: !session {USAGE}")
-                return
+        if when is not None:
             try:
-                start = parse_local(
-                    when_words[0], when_words[1], self.service.config.practice.timezone
-                )
+                start = parse_local(when[0], when[1], self.service.config.practice.timezone)
             except TimeError as e:
-                await ctx.reply(f"{e}.")
-                return
+                raise UserError(f"{e}.") from None
             if start <= now:
                 await ctx.reply("That time is in the past; use `now` to start at once.")
                 return
@@ -194,13 +163,9 @@ class SessionCommands:
             await self.service.end(session.id, "ended by the therapist")
 
     async def extend(self, ctx: CommandContext) -> None:
-        match = _MINUTES.match(ctx.args[0].lower())
-        if match is None or not 0 < int(match[1]) <= 240:
-            await ctx.reply("Usage: !extend <N>m (1 to 240 minutes)")
-            return
         session = await self._here(ctx, therapist_only=True)
         if session is not None:
-            extended = await self.service.extend(session, int(match[1]))
+            extended = await self.service.extend(session, ctx.values["minutes"])
             await ctx.reply(
                 f"Extended: the session now ends at {self.service.local(extended.end_at)}."
             )

@@ -14,7 +14,8 @@ from . import (  # noqa: E402,F401  (import order is version order)
     v02_conversations,
     v03_therapist_tools,
     v04_sessions,
-    v10_audit_truncate,
+    v05_audit_truncate,
+    v06_command_runs,
 )
 
 __all__ = ["upgrade_table"]
