@@ -285,3 +285,14 @@ async def test_invites_into_rooms_alcove_does_not_govern_are_still_declined(worl
     await world.governance.on_member(member(room, STRANGER, world.anna.user_id, "invite"))
     assert world.gateway.left == [(world.anna.user_id, room)]
     assert await world.actions("invite.refused") == [(STRANGER, world.anna.user_id, room)]
+
+
+async def test_a_clients_invite_of_staff_into_their_own_room_is_declined_for_them(
+    world: World,
+) -> None:
+    room = f"!theirs:{DOMAIN}"
+    await world.governance.on_member(member(room, world.anna.user_id, THERAPIST, "invite"))
+    assert world.gateway.left == [(THERAPIST, room)]  # through the double puppet
+    dm = await world.repo.dm_of(THERAPIST, world.anna.user_id)
+    assert dm is not None
+    assert any("set up by your therapist" in b for b in await world.notices(dm.room_id))
