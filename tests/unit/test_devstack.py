@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.devstack import DevStack
+from bridge.devstack import DevStack, synapse_env
 
 
 def test_a_relative_state_dir_becomes_absolute(
@@ -31,3 +31,19 @@ def test_prepare_from_a_relative_dir_writes_absolute_synapse_paths(
     assert str(tmp_path / "state" / "synapse" / "homeserver.db") in hs
     assert config.appservice.registration.is_absolute()
     assert os.access(config.appservice.registration, os.R_OK)
+
+
+def test_synapse_loads_alcoves_module_unless_told_not_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Synapse imports alcove_synapse when it starts, in its own working directory: the checkout
+    is on its PYTHONPATH (the integration Synapse shows that it loads)."""
+    monkeypatch.chdir(tmp_path)
+    with_module = DevStack(Path("with"))
+    with_module.prepare()
+    assert "module: alcove_synapse.AlcoveRules" in with_module.hs_config_path.read_text()
+    root = str(Path(__file__).resolve().parents[2])
+    assert root in synapse_env()["PYTHONPATH"].split(os.pathsep)
+    without = DevStack(Path("without"), rules_module=False)
+    without.prepare()
+    assert "alcove_synapse" not in without.hs_config_path.read_text()
