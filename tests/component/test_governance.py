@@ -19,6 +19,7 @@ from bots.features.conversations.repo import Client, ConversationRepo, Room
 from bots.features.conversations.service import ConversationService
 from bridge.db.audit_repo import AuditLog
 from bridge.db.outbox_repo import DeviceRepo, OutboxRepo
+from bridge.matrix.gateway import PermanentError
 from bridge.matrix.outbox import Outbox
 from bridge.metrics import Metrics
 from tests.support.builders import DOMAIN, make_config
@@ -37,6 +38,12 @@ class OrderedGateway(RecordingGateway):
     """Records the order of the calls that matter for a rename: the redaction must come first."""
 
     calls: list[str] = field(default_factory=list)
+    forget_errors: list[PermanentError] = field(default_factory=list)
+
+    async def forget(self, user_id: str, room_id: str) -> None:
+        if self.forget_errors:
+            raise self.forget_errors.pop(0)
+        await super().forget(user_id, room_id)
 
     async def redact(self, room_id: str, event_id: str, reason: str) -> None:
         self.calls.append(f"redact {event_id}")
@@ -195,6 +202,18 @@ async def test_a_kick_from_the_one_to_one_room_forgets_it_too(world: World) -> N
     await world.governance.on_member(member(dm.room_id, THERAPIST, world.anna.user_id, "leave"))
     assert world.gateway.forgotten == [(world.anna.user_id, dm.room_id)]
     assert await world.actions("member.kicked") == [(THERAPIST, world.anna.user_id, dm.room_id)]
+
+
+async def test_a_client_back_in_the_room_before_the_kick_is_handled_stays_a_member(
+    world: World,
+) -> None:
+    """Synapse refuses to forget a room the user is in (400): they were added again since."""
+    world.gateway.forget_errors.append(PermanentError("User in room", status=400))
+    anna = world.anna.user_id
+    await world.governance.on_member(member(world.group.room_id, THERAPIST, anna, "leave"))
+    assert anna in await world.repo.members(world.group.room_id)
+    entries = await world.audit.entries("member.kicked")
+    assert [e.detail["forgotten"] for e in entries] == [False]
 
 
 async def test_staff_leaving_or_clients_leaving_other_rooms_are_not_touched(world: World) -> None:

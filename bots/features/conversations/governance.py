@@ -109,7 +109,7 @@ class RoomGovernance:
     ) -> None:
         """Left, kicked or banned outside Alcove: forget as the client, record it."""
         forgotten = await self._forget(client.user_id, room_id)
-        if room is not None and room.kind == GROUP:
+        if forgotten and room is not None and room.kind == GROUP:
             if client.user_id in await self.repo.members(room_id):
                 await self.repo.remove_member(room_id, client.user_id, ms(self.clock))
         if sender == client.user_id:

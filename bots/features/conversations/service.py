@@ -249,9 +249,11 @@ class ConversationService:
         client = await self.repo.client(user_id)
         if client is None or (displayname == client.initials and not avatar_url):
             return False
+        redacted = False
         if event_id is not None:
             try:
                 await self.gateway.redact(room_id, event_id, "Clients are shown by initials only")
+                redacted = True
             except PermanentError as e:
                 log.warning("Could not redact %s's rename in %s: %s", user_id, room_id, e)
         await self.gateway.send_state(
@@ -262,9 +264,7 @@ class ConversationService:
             {"membership": "join", "displayname": client.initials},
         )
         await self.gateway.set_displayname(user_id, client.initials)
-        await self.audit.record(
-            self.bot, "displayname.reset", user_id, room_id, redacted=event_id is not None
-        )
+        await self.audit.record(self.bot, "displayname.reset", user_id, room_id, redacted=redacted)
         return True
 
     # ------------------------------------------------------------------ who may invite whom
