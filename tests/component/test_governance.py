@@ -163,14 +163,25 @@ async def test_a_rename_in_a_session_room_is_redacted(world: World) -> None:
     assert world.gateway.redacted == [(SESSION_ROOM, event["event_id"])]
 
 
-async def test_initials_and_one_to_one_rooms_are_left_alone(world: World) -> None:
+async def test_initials_are_left_alone(world: World) -> None:
+    a = world.anna.user_id
+    await world.governance.on_member(member(world.group.room_id, a, a, "join", displayname="A.B."))
+    assert world.gateway.calls == []
+    assert await world.actions("displayname.reset") == []
+
+
+async def test_a_rename_seen_in_a_one_to_one_room_resets_only_the_global_name(
+    world: World,
+) -> None:
+    """Only the therapist reads the 1:1 room: nothing to redact there, but the global name must
+    not carry the full name into the next group the client joins."""
     dm = await world.repo.dm_of(THERAPIST, world.anna.user_id)
     assert dm is not None
     a = world.anna.user_id
-    await world.governance.on_member(member(world.group.room_id, a, a, "join", displayname="A.B."))
     await world.governance.on_member(member(dm.room_id, a, a, "join", displayname="Anna Bell"))
-    assert world.gateway.calls == []
-    assert await world.actions("displayname.reset") == []
+    assert world.gateway.calls == ["displayname"]
+    assert world.gateway.displaynames[a] == "A.B."
+    assert world.gateway.redacted == []
 
 
 # --------------------------------------------------------------------------- item 3: departures

@@ -87,14 +87,20 @@ class RoomGovernance:
                 await self.evict(room_id, client, event)
                 return
             avatar = content.get("avatar_url")
+            shared = session or (room is not None and room.kind == GROUP)
+            name = content.get("displayname")
             await self.conversations.enforce_initials(
                 room_id,
                 target,
-                content.get("displayname"),
+                name,
                 event_id=event.get("event_id"),
                 avatar_url=avatar if isinstance(avatar, str) else None,
-                shared=session or (room is not None and room.kind == GROUP),
+                shared=shared,
             )
+            if not shared and name is not None and name != client.initials:
+                # Only the therapist reads a 1:1 room, but a global rename shows up here too,
+                # and would reach the next group the client joins: put the global name back.
+                await self.gateway.set_displayname(target, client.initials)
 
     # ------------------------------------------------------------------ removal by any route
 
