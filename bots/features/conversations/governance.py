@@ -12,8 +12,9 @@ and for what it cannot see, Alcove repairs them here, after the fact:
   inviter is told why;
 - a rename in a shared room is reverted (see ``ConversationService.enforce_initials``).
 
-Alcove's own membership changes arrive with the bot as sender and never reach this module
-(``Dispatcher`` filters them): they are recorded where they are made."""
+Alcove's own invites and kicks are sent as the bot and never reach this module (``Dispatcher``
+filters them): they are recorded where they are made. What Alcove does as a client or a
+therapist (joins, declined invites) passes through here and is left alone by these rules."""
 
 from __future__ import annotations
 
