@@ -31,6 +31,7 @@ from .features.away.service import AwayService
 from .features.blasts.commands import BlastCommands
 from .features.blasts.service import BlastService
 from .features.conversations.commands import ConversationCommands
+from .features.conversations.governance import RoomGovernance
 from .features.conversations.repo import ConversationRepo
 from .features.conversations.service import ConversationService
 from .features.core.commands import COMMANDS as CORE_COMMANDS
@@ -81,6 +82,15 @@ class Bot:
             self.conversations,
             self.audit,
             metrics,
+        )
+        self.governance = RoomGovernance(
+            config,
+            gateway,
+            outbox,
+            self.conversations,
+            self.audit,
+            clock,
+            lambda room_id: room_id in self.sessions.room_ids,
         )
         self.awaiting = AwaitingInput(db, clock)
         confirmations = Confirmations(db, clock)
@@ -146,19 +156,8 @@ class Bot:
         log.info("Joined %s on the invite of %s", room_id, inviter)
 
     async def on_member(self, event: dict[str, Any]) -> None:
-        content = event.get("content") or {}
-        user_id = event.get("state_key")
-        if content.get("membership") == "invite" and isinstance(user_id, str):
-            await self.conversations.police_invite(event["room_id"], event["sender"], user_id)
-            return
-        if (
-            content.get("membership") == "join"
-            and isinstance(user_id, str)
-            and user_id == event["sender"]
-        ):
-            await self.conversations.enforce_initials(
-                event["room_id"], user_id, content.get("displayname")
-            )
+        """Membership changes Alcove did not make: invites, departures, joins, renames."""
+        await self.governance.on_member(event)
 
     async def on_message(self, event: dict[str, Any]) -> None:
         content = event.get("content") or {}

@@ -59,6 +59,7 @@ async def run_doctor(config: Config, web_timeout: float = 5.0) -> list[Check]:
                 if name == "homeserver reachable":
                     break
         checks.extend(synapse_settings(config))
+        checks.append(await rules_module(session, config))
         dp = read_doublepuppet_token(config.appservice.doublepuppet_registration)
         if dp is None:
             checks.append(
@@ -83,6 +84,40 @@ def registration_current(config: Config) -> Check:
     return Check(
         "registration files current", False, "; ".join(problems) + ". " + UPGRADE_ADVICE, True
     )
+
+
+RULES_STATUS_PATH = "/_synapse/client/alcove/rules"  # served by alcove_synapse.StatusResource
+RULES_NAME = "homeserver module alcove_synapse (refuses what Alcove would otherwise repair)"
+
+
+async def rules_module(session: aiohttp.ClientSession, config: Config) -> Check:
+    """Asks the homeserver: the module answers at its status path with the bot it serves."""
+    url = config.homeserver.address.rstrip("/") + RULES_STATUS_PATH
+    try:
+        async with session.get(url) as resp:
+            status = resp.status
+            body = await resp.json(content_type=None) if status == 200 else None
+    except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+        return Check(RULES_NAME, False, f"could not ask the homeserver ({e})", warning=True)
+    if status != 200 or not isinstance(body, dict) or body.get("module") != "alcove_synapse":
+        return Check(
+            RULES_NAME,
+            False,
+            "not installed (optional): without it clients can rename themselves, create rooms "
+            "and join rooms Alcove does not govern until Alcove undoes it. See the README for "
+            "the lines to add to homeserver.yaml.",
+            warning=True,
+        )
+    wanted = (config.bot_user_id, config.appservice.client_prefix)
+    if (body.get("bot_user_id"), body.get("client_prefix")) != wanted:
+        return Check(
+            RULES_NAME,
+            False,
+            f"installed for bot {body.get('bot_user_id')!r} and client prefix "
+            f"{body.get('client_prefix')!r}, but Alcove is {wanted[0]!r} with {wanted[1]!r}: "
+            "fix the module's config in homeserver.yaml.",
+        )
+    return Check(RULES_NAME, True, f"installed (version {body.get('version')})")
 
 
 def synapse_settings(config: Config) -> list[Check]:

@@ -453,6 +453,16 @@ class MautrixGateway:
                 raise
 
     async def set_displayname(self, user_id: str, name: str) -> None:
+        if user_id != self._bot_user_id and self.owns(user_id):
+            # A managed client's name is set by a server admin (the bot): the homeserver module
+            # (alcove_synapse) accepts only admin-made profile changes for managed clients.
+            await self.call(
+                self.bot_api,
+                Method.PUT,
+                f"/_synapse/admin/v2/users/{quote(user_id, safe='')}",
+                {"displayname": name},
+            )
+            return
         await self.call(
             self.api_for(user_id),
             Method.PUT,

@@ -4,11 +4,12 @@ homeserver enforces, refusals the homeserver enforces, titles, and the audit log
 
 from __future__ import annotations
 
-import asyncio
 import re
 from urllib.parse import quote
 
 import aiohttp
+import pytest
+from mautrix.errors import MForbidden
 from mautrix.util.async_db import Database
 
 from bridge.devstack import DevStack
@@ -193,7 +194,8 @@ async def test_community_chat_initials_removal_and_history(
     seen_by_cara = [e["content"].get("body") for e in await cara.room_messages(room)]
     assert "said before Cara joined" not in seen_by_cara
 
-    # A client renaming themselves gets their initials back within seconds.
+    # A client cannot rename themselves: the homeserver refuses it (alcove_synapse; without the
+    # module Alcove redacts and reverts it: tests/component/test_governance.py).
     assert (
         await bob.put_state(
             room,
@@ -201,13 +203,9 @@ async def test_community_chat_initials_removal_and_history(
             people[1].user_id,
             {"membership": "join", "displayname": "Bob Brown"},
         )
-        == 200
+        == 403
     )
-    for _ in range(100):
-        member = await therapist.state(room, "m.room.member", people[1].user_id)
-        if member.get("displayname") == "B.B.":
-            break
-        await asyncio.sleep(0.1)
+    member = await therapist.state(room, "m.room.member", people[1].user_id)
     assert member["displayname"] == "B.B."
 
     # Remove Alice: kicked and forgotten; the homeserver refuses her the history.
@@ -229,7 +227,6 @@ async def test_community_chat_initials_removal_and_history(
     actions = [r["action"] for r in await alcove_db.fetch("SELECT action FROM audit ORDER BY id")]
     assert actions.count("member.added") == 3
     assert "member.removed" in actions
-    assert "displayname.reset" in actions
 
 
 async def test_audit_log_is_append_only(alcove: AlcoveProcess, alcove_db: Database) -> None:
@@ -259,22 +256,6 @@ async def test_staff_rooms_follow_the_config(
     assert levels["users"] == {THERAPIST: 90, "@care:localhost": 50}
 
 
-async def membership_of(viewer: MatrixUser, room: str, user_id: str) -> str:
-    status, body = await viewer.raw(
-        "GET", f"/_matrix/client/v3/rooms/{quote(room)}/state/m.room.member/{quote(user_id)}"
-    )
-    assert status == 200, body
-    return str(body.get("membership"))
-
-
-async def wait_membership(viewer: MatrixUser, room: str, user_id: str, wanted: str) -> None:
-    for _ in range(100):
-        if await membership_of(viewer, room, user_id) == wanted:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{user_id} never reached {wanted} in {room}")
-
-
 async def test_clients_cannot_start_conversations_on_their_own(
     alcove: AlcoveProcess,
     therapist: MatrixUser,
@@ -286,13 +267,7 @@ async def test_clients_cannot_start_conversations_on_their_own(
     dan = await add_client(therapist, mgmt, "Dan Dee")
     eve = await add_client(therapist, mgmt, "Eve Ek")
     client = await login(http, synapse, dan)
-    # The client creates a room of their own and invites the therapist and another client.
-    room = str(await client.api.create_room(invitees=[THERAPIST, eve.user_id]))  # type: ignore[list-item]
-    await wait_membership(client, room, THERAPIST, "leave")
-    await wait_membership(client, room, eve.user_id, "leave")
-    # ...and is told where to write instead, in the conversation the therapist set up.
-    await client.wait_for(from_bot(dan.room_id, "set up by your therapist"), timeout=20)
-    refused = await alcove_db.fetch(
-        "SELECT target FROM audit WHERE action = 'invite.refused' AND actor = $1", dan.user_id
-    )
-    assert {r["target"] for r in refused} == {THERAPIST, eve.user_id}
+    # The homeserver refuses a client's own room (alcove_synapse). Without the module, Alcove
+    # declines the invites and takes the client out of it: tests/component/test_governance.py.
+    with pytest.raises(MForbidden):
+        await client.api.create_room(invitees=[THERAPIST, eve.user_id])  # type: ignore[list-item]

@@ -245,6 +245,8 @@ async def test_doctor_passes_against_the_running_stack(
     assert "[ok  ] redacted content is not kept" in result.stdout
     assert "[ok  ] Synapse does not log request content" in result.stdout
     assert "[warn] deleted rows leave no bytes on disk" in result.stdout
+    # The dev homeserver loads Alcove's Synapse module; doctor asks the homeserver.
+    assert "[ok  ] homeserver module alcove_synapse" in result.stdout
 
 
 async def test_doctor_reports_wrong_token(synapse: DevStack, db_url: str) -> None:

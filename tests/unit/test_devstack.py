@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from bridge.devstack import DevStack
+from bridge.devstack import DevStack, synapse_env
 from bridge.registration import dump_yaml, outdated
 
 
@@ -51,3 +51,19 @@ def test_prepare_brings_an_old_state_dirs_registrations_up_to_date(tmp_path: Pat
     assert outdated(config) == []
     assert yaml.load(config.appservice.registration.read_text()) == main
     assert yaml.load(config.appservice.doublepuppet_registration.read_text()) == dp
+
+
+def test_synapse_loads_alcoves_module_unless_told_not_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Synapse imports alcove_synapse when it starts, in its own working directory: the checkout
+    is on its PYTHONPATH (the integration Synapse shows that it loads)."""
+    monkeypatch.chdir(tmp_path)
+    with_module = DevStack(Path("with"))
+    with_module.prepare()
+    assert "module: alcove_synapse.AlcoveRules" in with_module.hs_config_path.read_text()
+    root = str(Path(__file__).resolve().parents[2])
+    assert root in synapse_env()["PYTHONPATH"].split(os.pathsep)
+    without = DevStack(Path("without"), rules_module=False)
+    without.prepare()
+    assert "alcove_synapse" not in without.hs_config_path.read_text()

@@ -226,15 +226,36 @@ class ConversationService:
 
     # ------------------------------------------------------------------ initials only
 
-    async def enforce_initials(self, room_id: str, user_id: str, displayname: str | None) -> bool:
-        """A client renamed themselves in a community room: put their initials back.
-        Returns True if something was corrected."""
-        room = await self.repo.room(room_id)
-        if room is None or room.kind != GROUP:
+    async def enforce_initials(
+        self,
+        room_id: str,
+        user_id: str,
+        displayname: str | None,
+        *,
+        event_id: str | None = None,
+        avatar_url: str | None = None,
+        shared: bool | None = None,
+    ) -> bool:
+        """A client renamed themselves (or set an avatar) where other clients read: a community
+        room, or a session room (``shared``; by default: the room is a community room). Redact
+        the membership event that carries the name — first, so that the next membership event's
+        ``prev_content`` is computed from the redacted one — then put the initials back in the
+        room and globally. Returns True if something was corrected."""
+        if shared is None:
+            room = await self.repo.room(room_id)
+            shared = room is not None and room.kind == GROUP
+        if not shared:
             return False
         client = await self.repo.client(user_id)
-        if client is None or displayname == client.initials:
+        if client is None or (displayname == client.initials and not avatar_url):
             return False
+        redacted = False
+        if event_id is not None:
+            try:
+                await self.gateway.redact(room_id, event_id, "Clients are shown by initials only")
+                redacted = True
+            except PermanentError as e:
+                log.warning("Could not redact %s's rename in %s: %s", user_id, room_id, e)
         await self.gateway.send_state(
             user_id,
             room_id,
@@ -243,7 +264,7 @@ class ConversationService:
             {"membership": "join", "displayname": client.initials},
         )
         await self.gateway.set_displayname(user_id, client.initials)
-        await self.audit.record(self.bot, "displayname.reset", user_id, room_id)
+        await self.audit.record(self.bot, "displayname.reset", user_id, room_id, redacted=redacted)
         return True
 
     # ------------------------------------------------------------------ who may invite whom
