@@ -128,10 +128,6 @@ class Bot:
         await self.schedule.start()
         await self.conversations.reconcile_staff_rooms()
 
-    def keeps_events_of(self, room_id: str) -> bool:
-        """False for text-only session rooms: their events leave the inbox once handled."""
-        return room_id not in self.sessions.room_ids
-
     async def on_invite(self, room_id: str, inviter: str, content: dict[str, Any]) -> None:
         """Staff invite the bot: accept (a DM becomes their management room). Others: decline."""
         if self.config.staff_member(inviter) is None:

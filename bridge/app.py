@@ -81,7 +81,6 @@ class Alcove:
             self.clock,
             self.metrics,
             cfg.inbox,
-            keep_row=lambda row: self.bot.keeps_events_of(row.room_id),
         )
         self.catchup = CatchUp(
             self.gateway.recent_events, self.inbox.repo.received_range, self.inbox, self.clock

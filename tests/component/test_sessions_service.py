@@ -925,7 +925,14 @@ async def test_transcript_with_everyones_consent_goes_to_the_management_room(
     assert len(world.gateway.uploads) == 1
     uri, data = next(iter(world.gateway.uploads.items()))
     text = data.decode()
-    assert text.startswith(f"Text-only session #{session.id}\n")
+    header = text.partition("\n\n")[0]
+    assert header.splitlines() == [
+        f"Text-only session #{session.id}",
+        "Date: Saturday 2026-11-21, 12:00 to 12:50",
+        "Time zone: Europe/London (GMT, UTC+0000); every time below is in it",
+        "Participants: Dr T (therapist), J.D., S.R.",
+    ]
+    assert "Jane" not in text and "Sam" not in text and "Doe" not in text
     assert f"12:05 J.D.: {SECRET}" in text
     assert "12:07 Dr T: Thank you for saying that" in text
     assert "12:09 S.R.: [attachment: worksheet.pdf]" in text
@@ -953,6 +960,31 @@ async def test_transcript_with_everyones_consent_goes_to_the_management_room(
             assert secret not in row
     assert await world.repo.transcript_request(session.id) is None
     assert f"session:{session.id}:transcript" not in world.timers.armed
+
+
+async def test_transcript_of_a_summer_session_across_midnight_dates_its_lines(
+    world: World,
+) -> None:
+    jane = await world.client("Jane Doe")
+    late = datetime(2027, 7, 3, 22, 30, tzinfo=UTC)  # 23:30 BST
+    world.advance_to(late)
+    session = await world.book([jane.client], late, 60)
+    assert session.room_id is not None
+    world.gateway.events[session.room_id] = [
+        {
+            "type": "m.room.message",
+            "sender": jane.client.user_id,
+            "origin_server_ts": to_ms(late + timedelta(minutes=50)),
+            "content": {"msgtype": "m.text", "body": "after midnight"},
+        }
+    ]
+    text = (await world.transcripts.render(session)).decode()
+    assert text.splitlines()[1:4] == [
+        "Date: Saturday 2027-07-03, 23:30 to 00:30 on 2027-07-04",
+        "Time zone: Europe/London (BST, UTC+0100); every time below is in it",
+        "Participants: Dr T (therapist), J.D.",
+    ]
+    assert text.endswith("-- Sunday 2027-07-04 --\n00:20 J.D.: after midnight\n")
 
 
 async def test_transcript_answer_by_a_non_participant_is_refused(world: World) -> None:
@@ -1022,7 +1054,12 @@ async def test_transcript_survives_a_failed_upload(build: Build) -> None:
 # --------------------------------------------------------------------------- inbox privacy
 
 
-async def test_inbox_forgets_session_room_events(world: World, db: Database) -> None:
+async def test_a_replayed_session_event_is_handled_once_and_keeps_no_text(
+    world: World, db: Database
+) -> None:
+    """Catch-up (start-up, a homeserver restart) offers the last minutes of every room again:
+    a handled session-room event must be recognised by its id — a content-free marker — so
+    `!extend 30m` does not extend twice and no text is written back."""
     session, jane, _ = await open_session(world)
     room = session.room_id
     assert room is not None
@@ -1037,21 +1074,23 @@ async def test_inbox_forgets_session_room_events(world: World, db: Database) -> 
         world.clock,
         Metrics(),
         InboxConfig(max_attempts=3, retry_base_seconds=0.01),
-        keep_row=lambda row: row.room_id not in world.service.room_ids,
     )
     await inbox.start()
-    in_session = message(room, jane.client.user_id, SECRET)
+    in_session = message(room, THERAPIST, "!extend 30m")
+    secret = message(room, jane.client.user_id, SECRET)
     elsewhere = message(jane.room.room_id, jane.client.user_id, "hello")
     try:
-        assert await inbox.accept("txn1", [in_session, elsewhere]) == 2
+        assert await inbox.accept("txn1", [in_session, secret, elsewhere]) == 3
+        await inbox.join()
+        assert await inbox.accept("catch-up", [in_session, secret, elsewhere]) == 0
         await inbox.join()
     finally:
         await inbox.stop()
 
-    assert sorted(handled) == sorted([in_session["event_id"], elsewhere["event_id"]])
-    assert await inbox.repo.status_of(in_session["event_id"]) is None
-    assert await inbox.repo.status_of(elsewhere["event_id"]) == DONE
-    rows = await db.fetch("SELECT event_id, room_id, body FROM inbox_event")
-    assert [(r["event_id"], r["room_id"], r["body"]) for r in rows] == [
-        (elsewhere["event_id"], jane.room.room_id, None)
-    ]
+    assert sorted(handled) == sorted(e["event_id"] for e in (in_session, secret, elsewhere))
+    for event in (in_session, secret, elsewhere):
+        assert await inbox.repo.status_of(event["event_id"]) == DONE
+    rows = await db.fetch("SELECT * FROM inbox_event")
+    assert {r["body"] for r in rows} == {None}
+    for row in rows:
+        assert SECRET not in json.dumps({k: row[k] for k in row.keys()}, default=str)

@@ -5,7 +5,7 @@ book → (reminder: the room is prepared, links go out) → open (members join) 
   delete every file (media admin API) → delete the room (purge + block), polled to completion →
   a one-line notice in each 1:1 → an audit receipt. Each step is idempotent; a failure is
   retried with backoff, counted in /metrics and reported to the therapist, never dropped.
-Alcove keeps no content: session-room events leave the inbox once handled (see keep_row)."""
+Alcove keeps no content: a handled session-room event leaves only its id in the inbox."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ class SessionService:
         self.conversations = conversations
         self.audit = audit
         self.metrics = metrics
-        self.room_ids: set[str] = set()  # read synchronously by the inbox (keep_row)
+        self.room_ids: set[str] = set()  # rooms of live sessions (media are recorded there)
         self._locks: dict[int, asyncio.Lock] = {}
 
     def _lock(self, session_id: int) -> asyncio.Lock:
