@@ -36,6 +36,7 @@ from .features.phrases.commands import PhraseCommands, PhraseRepo
 from .features.schedule.commands import ScheduleCommands
 from .features.schedule.service import ScheduleService
 from .features.sessions.commands import SessionCommands
+from .features.sessions.ending import Scrub
 from .features.sessions.repo import SessionRepo
 from .features.sessions.service import SessionService
 from .features.voice import TherapistVoice
@@ -53,6 +54,7 @@ class Bot:
         clock: Clock,
         timers: Timers | None = None,
         metrics: Metrics | None = None,
+        scrub: Scrub | None = None,
     ) -> None:
         self.config = config
         self.gateway = gateway
@@ -79,6 +81,7 @@ class Bot:
             self.conversations,
             self.audit,
             metrics,
+            scrub,
         )
         self.awaiting = AwaitingInput(db, clock)
         confirmations = Confirmations(db, clock)
@@ -127,6 +130,9 @@ class Bot:
         self.timers.start()
         await self.schedule.start()
         await self.conversations.reconcile_staff_rooms()
+
+    async def on_event(self, event: dict[str, Any]) -> None:
+        await self.sessions.on_event(event)
 
     async def on_invite(self, room_id: str, inviter: str, content: dict[str, Any]) -> None:
         """Staff invite the bot: accept (a DM becomes their management room). Others: decline."""

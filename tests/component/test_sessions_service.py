@@ -19,6 +19,7 @@ from mautrix.util.async_db import Database
 
 from bots.features.conversations.repo import Client, ConversationRepo
 from bots.features.conversations.service import ConversationService, NewClient
+from bots.features.sessions.ending import ENDED_TOPIC
 from bots.features.sessions.repo import (
     CANCELLED,
     ENDED,
@@ -71,6 +72,21 @@ class FlakyGateway(RecordingGateway):
     """Delete ids that failed for good: polling them always answers 'failed' (like Synapse)."""
     upload_failures: int = 0
     polls: list[str] = field(default_factory=list)
+    purge_failures: int = 0
+    """How many purge_history calls raise a TemporaryError before they succeed."""
+    purge_statuses: list[str] = field(default_factory=list)
+    """What purge_status answers, one per poll, before it answers 'complete'."""
+
+    async def purge_history(self, room_id: str, up_to_event_id: str) -> str:
+        if self.purge_failures:
+            self.purge_failures -= 1
+            raise TemporaryError("502 from the purge history admin API", status=502)
+        return await super().purge_history(room_id, up_to_event_id)
+
+    async def purge_status(self, purge_id: str) -> str:
+        if self.purge_statuses:
+            return self.purge_statuses.pop(0)
+        return await super().purge_status(purge_id)
 
     async def delete_room(self, room_id: str) -> str:
         if self.delete_room_failures:
@@ -538,14 +554,22 @@ async def test_end_purges_the_room_and_writes_a_receipt(world: World) -> None:
 
     everyone = (jane.client.user_id, sam.client.user_id, THERAPIST)
     assert sorted(gw.kicked) == sorted((room, u) for u in everyone)
-    assert sorted(gw.forgotten) == sorted((u, room) for u in everyone)
+    # Nobody forgets the room: that would hide the leave from an offline device's next sync.
+    assert gw.forgotten == []
+    # The purge point is the bot's content-free topic; everything before it is purged.
+    assert gw.state[(room, "m.room.topic", "")] == {"topic": ENDED_TOPIC}
+    assert gw.purged_history == [(room, f"$state{len(gw.state)}")]
+    assert [e for e in gw.events[room] if e["type"] == "m.room.message"] == []
     assert gw.deleted_media == [LOCAL_FILE]  # never the remote one
     assert REMOTE_FILE not in gw.deleted_media
+    # No member device is waiting for the leave: the room (only state by now) goes at once.
     assert gw.deleted_rooms == [room]
 
     stored = await world.get(session.id)
     assert stored.status == ENDED
     assert stored.delete_id == "delete-1"
+    assert stored.left_at == to_ms(START + timedelta(minutes=50))
+    assert stored.room_deleted_at == stored.left_at
     assert await world.purge_columns(session.id) == {
         "purge_error": None,
         "messages_purged": 6,  # every m.room.message, notices and files included
@@ -574,7 +598,7 @@ async def test_end_purges_the_room_and_writes_a_receipt(world: World) -> None:
         "reason": "time is up",
         "messages_purged": 6,
         "files_purged": 1,
-        "delete_id": "delete-1",
+        "purge_id": "purge-1",
         "status": "complete",
     }
     for text in await world.audit_rows():
@@ -600,14 +624,130 @@ async def test_end_of_a_session_that_never_got_a_room(world: World) -> None:
     receipts = await world.audit.entries("session.purged")
     assert len(receipts) == 1
     assert receipts[0].detail["status"] == "nothing created"
-    assert receipts[0].detail["delete_id"] is None
+    assert receipts[0].detail["purge_id"] is None
+
+
+async def test_the_room_waits_until_every_member_device_saw_the_leave(world: World) -> None:
+    """Issue 9 item 7: until each member device has been seen after the leave, the room —
+    state only by then — stays, so an offline device's next /sync still carries the leave."""
+    session, jane, sam = await open_session(world)
+    room = session.room_id
+    gw = world.gateway
+    end = START + timedelta(minutes=50)
+    before_end = to_ms(end) - 60_000
+    gw.user_device_list = {
+        jane.client.user_id: [
+            {"device_id": "JANEPHONE", "last_seen_ts": before_end},
+            {"device_id": "ALCOVE", "last_seen_ts": None},  # Alcove's acting device: ignored
+        ],
+        THERAPIST: [{"device_id": "DESK", "last_seen_ts": before_end}],
+    }
+    world.advance_to(end)
+    await world.timers.run(f"session:{session.id}:end")
+
+    stored = await world.get(session.id)
+    assert stored.status == ENDED and stored.left_at == to_ms(end)
+    assert gw.purged_history and gw.deleted_rooms == [] and gw.forgotten == []
+    check = world.timers.armed[f"session:{session.id}:room"]
+    assert check.when == end + timedelta(seconds=world.config.sessions.room_check_seconds)
+    assert len(await world.audit.entries("session.purged")) == 1
+
+    # The therapist's desk syncs; Jane's phone is still offline.
+    world.advance_to(check.when)
+    gw.user_device_list[THERAPIST] = [{"device_id": "DESK", "last_seen_ts": to_ms(end) + 5}]
+    await world.timers.run(f"session:{session.id}:room")
+    assert gw.deleted_rooms == []
+    assert f"session:{session.id}:room" in world.timers.armed
+
+    # Jane's phone comes back: its /sync from the old token got the leave.
+    gw.user_device_list[jane.client.user_id][0]["last_seen_ts"] = to_ms(check.when) + 1
+    world.clock.advance(world.config.sessions.room_check_seconds)
+    await world.timers.run(f"session:{session.id}:room")
+    assert gw.deleted_rooms == [room]
+    stored = await world.get(session.id)
+    assert stored.room_deleted_at == to_ms(world.clock.now())
+    deleted = await world.audit.entries("session.room_deleted")
+    assert len(deleted) == 1 and deleted[0].detail["after"] == "every device saw the leave"
+    assert sam.client.user_id  # Sam has no device at all: nothing to wait for
+
+
+async def test_a_device_that_never_comes_back_waits_only_until_the_bound(world: World) -> None:
+    session, jane, _ = await open_session(world)
+    gw = world.gateway
+    gw.user_device_list = {jane.client.user_id: [{"device_id": "OLD", "last_seen_ts": None}]}
+    end = START + timedelta(minutes=50)
+    world.advance_to(end)
+    await world.timers.run(f"session:{session.id}:end")
+    keep = timedelta(days=world.config.sessions.room_keep_days)
+    for _ in range(3):
+        assert gw.deleted_rooms == []
+        world.clock.advance(keep.total_seconds() / 3)
+        await world.timers.run(f"session:{session.id}:room")
+    assert gw.deleted_rooms == [session.room_id]
+    deleted = await world.audit.entries("session.room_deleted")
+    assert deleted[0].detail["after"] == "the bound"
+
+
+async def test_start_rearms_the_rooms_awaiting_deletion(build: Build) -> None:
+    gateway = FlakyGateway(bot_user_id=BOT, existing_users={THERAPIST})
+    clock = FakeClock(START)
+    before = await build(gateway=gateway, clock=clock)
+    jane = await before.client("Jane Doe")
+    session = await before.book([jane.client], START, 30)
+    gateway.user_device_list = {jane.client.user_id: [{"device_id": "P", "last_seen_ts": 1}]}
+    await before.service.end(session.id, "test")
+    assert gateway.deleted_rooms == []
+
+    after = await build(gateway=gateway, clock=clock)
+    await after.service.start()
+    assert after.timers.armed[f"session:{session.id}:room"].when == clock.now()
+    gateway.user_device_list = {}
+    await after.timers.run(f"session:{session.id}:room")
+    assert gateway.deleted_rooms == [session.room_id]
+
+
+async def test_a_file_is_deleted_even_when_its_message_was_redacted(world: World) -> None:
+    """Issue 10 item 7: the media URI is recorded as the event arrives; a redaction strips it
+    from the content the end scans, and a file posted just before the end is still found."""
+    session, jane, _ = await open_session(world)
+    room = session.room_id
+    assert room is not None
+    hidden = f"mxc://{DOMAIN}/redacted-later"
+    thumb = f"mxc://{DOMAIN}/thumb"
+    posted = {
+        "type": "m.room.message",
+        "room_id": room,
+        "sender": jane.client.user_id,
+        "event_id": "$file",
+        "origin_server_ts": to_ms(START) + 1000,
+        "content": {
+            "msgtype": "m.image",
+            "body": "photo.png",
+            "url": hidden,
+            "info": {"thumbnail_url": thumb},
+        },
+    }
+    await world.service.on_event(posted)
+    await world.service.on_event(  # not a session room: not recorded
+        {**posted, "room_id": jane.room.room_id, "content": {"url": f"mxc://{DOMAIN}/x"}}
+    )
+    # What the homeserver holds at the end: the redacted event, its content gone.
+    world.gateway.events[room] = [{**posted, "content": {}}]
+    await world.service.end(session.id, "test")
+
+    assert sorted(world.gateway.deleted_media) == sorted([hidden, thumb])
+    assert await world.purge_columns(session.id) == {
+        "purge_error": None,
+        "messages_purged": 1,
+        "files_purged": 2,
+    }
 
 
 # --------------------------------------------------------------------------- purge failures
 
 
-async def test_a_failed_room_delete_is_reported_and_retried(build: Build) -> None:
-    gateway = FlakyGateway(bot_user_id=BOT, existing_users={THERAPIST}, delete_room_failures=1)
+async def test_a_failed_history_purge_is_reported_and_retried(build: Build) -> None:
+    gateway = FlakyGateway(bot_user_id=BOT, existing_users={THERAPIST}, purge_failures=1)
     world = await build(gateway=gateway)
     await world.conversations.repo.set_management_room(THERAPIST, MGMT)
     session, jane, sam = await open_session(world)
@@ -658,7 +798,7 @@ async def test_a_failed_room_delete_is_reported_and_retried(build: Build) -> Non
 
 
 async def test_a_second_failure_is_counted_but_not_reported_again(build: Build) -> None:
-    gateway = FlakyGateway(bot_user_id=BOT, existing_users={THERAPIST}, delete_room_failures=2)
+    gateway = FlakyGateway(bot_user_id=BOT, existing_users={THERAPIST}, purge_failures=2)
     world = await build(gateway=gateway)
     await world.conversations.repo.set_management_room(THERAPIST, MGMT)
     session, _, _ = await open_session(world)
@@ -678,8 +818,8 @@ async def test_a_second_failure_is_counted_but_not_reported_again(build: Build) 
     assert len(await world.audit.entries("session.purged")) == 1
 
 
-async def test_a_delete_that_reports_failed_is_retried(build: Build) -> None:
-    gateway = FlakyGateway(bot_user_id=BOT, existing_users={THERAPIST}, statuses=["failed"])
+async def test_a_purge_that_reports_failed_is_retried(build: Build) -> None:
+    gateway = FlakyGateway(bot_user_id=BOT, existing_users={THERAPIST}, purge_statuses=["failed"])
     world = await build(gateway=gateway)
     await world.conversations.repo.set_management_room(THERAPIST, MGMT)
     session, _, _ = await open_session(world)
@@ -700,7 +840,9 @@ async def test_a_delete_that_reports_failed_is_retried(build: Build) -> None:
     assert len(await world.audit.entries("session.purged")) == 1
 
 
-async def test_a_failed_delete_is_issued_again(build: Build) -> None:
+async def test_a_failed_room_delete_is_issued_again_later(build: Build) -> None:
+    """The room delete comes after the messages are gone: its failure does not hold the end
+    back, and is retried by the room timer under a fresh delete id."""
     gateway = FlakyGateway(bot_user_id=BOT, existing_users={THERAPIST}, failed_deletes={"delete-1"})
     world = await build(gateway=gateway)
     await world.conversations.repo.set_management_room(THERAPIST, MGMT)
@@ -708,11 +850,29 @@ async def test_a_failed_delete_is_issued_again(build: Build) -> None:
     room = session.room_id
 
     await world.service.end(session.id, "test")
-    assert (await world.get(session.id)).status == ENDING
-    await world.timers.run(f"session:{session.id}:retry")
+    stored = await world.get(session.id)
+    assert stored.status == ENDED and stored.room_deleted_at is None and stored.delete_id is None
+    assert len(await world.audit.entries("session.purged")) == 1
+    assert world.purge_failures() == 1
+    await world.timers.run(f"session:{session.id}:room")
 
     assert gateway.deleted_rooms == [room, room]  # a fresh delete, polled under its new id
-    assert (await world.get(session.id)).status == ENDED
+    assert (await world.get(session.id)).room_deleted_at is not None
+    deleted = await world.audit.entries("session.room_deleted")
+    assert len(deleted) == 1 and deleted[0].detail["delete_id"] == "delete-2"
+
+
+async def test_a_room_delete_error_is_retried_by_the_room_timer(build: Build) -> None:
+    gateway = FlakyGateway(bot_user_id=BOT, existing_users={THERAPIST}, delete_room_failures=1)
+    world = await build(gateway=gateway)
+    await world.conversations.repo.set_management_room(THERAPIST, MGMT)
+    session, _, _ = await open_session(world)
+
+    await world.service.end(session.id, "test")
+    assert gateway.deleted_rooms == []
+    assert f"session:{session.id}:room" in world.timers.armed
+    await world.timers.run(f"session:{session.id}:room")
+    assert gateway.deleted_rooms == [session.room_id]
 
 
 # --------------------------------------------------------------------------- start-up
@@ -877,7 +1037,11 @@ async def test_cancel_of_a_prepared_session_keeps_retrying_the_purge(build: Buil
     assert room is not None
 
     assert await world.service.cancel(THERAPIST, session.id) is True
-    await world.timers.run(f"session:{session.id}:retry")
+    assert (await world.get(session.id)).status == CANCELLED
+    # The client has a device that never synced: a cancelled room had no members, so that
+    # does not hold its deletion back.
+    gateway.user_device_list[jane.client.user_id] = [{"device_id": "PHONE", "last_seen_ts": 1}]
+    await world.timers.run(f"session:{session.id}:room")
 
     assert gateway.deleted_rooms == [room]
 
