@@ -19,7 +19,7 @@ from mautrix.util.async_db import Database
 
 from bots.features.conversations.repo import Client, ConversationRepo
 from bots.features.conversations.service import ConversationService, NewClient
-from bots.features.sessions.ending import ENDED_TOPIC
+from bots.features.sessions.ending import ENDED_MARKER, ENDED_TOPIC
 from bots.features.sessions.repo import (
     CANCELLED,
     ENDED,
@@ -543,10 +543,22 @@ async def test_end_purges_the_room_and_writes_a_receipt(world: World) -> None:
     assert room is not None
     gw = world.gateway
     seed_room(world, room, jane.client.user_id, sam.client.user_id)
+    jane_member = (room, "m.room.member", jane.client.user_id)
+    gw.state[jane_member] = {"membership": "join", "displayname": "J.D."}
     world.advance_to(START + timedelta(minutes=50))
 
     await world.timers.run(f"session:{session.id}:end")
 
+    # Only the bot could post once the end began.
+    locked = gw.state[(room, "m.room.power_levels", "")]
+    assert locked["events_default"] == 100 and locked["users"] == {} and locked["events"] == {}
+    # Jane re-sent her join (a marker, same name) before the kick: a device of hers syncing
+    # from a token older than the purge still finds a join, then the leave.
+    assert gw.state[jane_member] == {
+        "membership": "join",
+        "displayname": "J.D.",
+        ENDED_MARKER: session.id,
+    }
     closing = [b for b in await world.bodies(room) if "has ended" in b]
     assert len(closing) == 1 and "deleted" in closing[0]
     row = await world.outbox.repo.get(f"session-close:{session.id}")
@@ -558,11 +570,16 @@ async def test_end_purges_the_room_and_writes_a_receipt(world: World) -> None:
     assert gw.forgotten == []
     # The purge point is the bot's content-free topic; everything before it is purged.
     assert gw.state[(room, "m.room.topic", "")] == {"topic": ENDED_TOPIC}
-    assert gw.purged_history == [(room, f"$state{len(gw.state)}")]
+    assert [r for r, _ in gw.purged_history] == [room]
     assert [e for e in gw.events[room] if e["type"] == "m.room.message"] == []
     assert gw.deleted_media == [LOCAL_FILE]  # never the remote one
     assert REMOTE_FILE not in gw.deleted_media
-    # No member device is waiting for the leave: the room (only state by now) goes at once.
+    # The room (only state by now) goes from its own timer, armed for now: no member device
+    # is waiting for the leave.
+    assert gw.deleted_rooms == []
+    room_timer = world.timers.armed[f"session:{session.id}:room"]
+    assert room_timer.when == world.clock.now() and room_timer.args == (session.id, True)
+    await world.timers.run(f"session:{session.id}:room")
     assert gw.deleted_rooms == [room]
 
     stored = await world.get(session.id)
@@ -648,6 +665,8 @@ async def test_the_room_waits_until_every_member_device_saw_the_leave(world: Wor
     stored = await world.get(session.id)
     assert stored.status == ENDED and stored.left_at == to_ms(end)
     assert gw.purged_history and gw.deleted_rooms == [] and gw.forgotten == []
+    await world.timers.run(f"session:{session.id}:room")  # the first check, at the end
+    assert gw.deleted_rooms == []
     check = world.timers.armed[f"session:{session.id}:room"]
     assert check.when == end + timedelta(seconds=world.config.sessions.room_check_seconds)
     assert len(await world.audit.entries("session.purged")) == 1
@@ -776,6 +795,7 @@ async def test_a_failed_history_purge_is_reported_and_retried(build: Build) -> N
         assert not [b for b in await world.bodies(new.room.room_id) if "has ended" in b]
 
     await world.timers.run(f"session:{session.id}:retry")
+    await world.timers.run(f"session:{session.id}:room")
 
     done = await world.get(session.id)
     assert done.status == ENDED
@@ -853,7 +873,9 @@ async def test_a_failed_room_delete_is_issued_again_later(build: Build) -> None:
     stored = await world.get(session.id)
     assert stored.status == ENDED and stored.room_deleted_at is None and stored.delete_id is None
     assert len(await world.audit.entries("session.purged")) == 1
+    await world.timers.run(f"session:{session.id}:room")
     assert world.purge_failures() == 1
+    assert gateway.deleted_rooms == [room]
     await world.timers.run(f"session:{session.id}:room")
 
     assert gateway.deleted_rooms == [room, room]  # a fresh delete, polled under its new id
@@ -869,6 +891,7 @@ async def test_a_room_delete_error_is_retried_by_the_room_timer(build: Build) ->
     session, _, _ = await open_session(world)
 
     await world.service.end(session.id, "test")
+    await world.timers.run(f"session:{session.id}:room")
     assert gateway.deleted_rooms == []
     assert f"session:{session.id}:room" in world.timers.armed
     await world.timers.run(f"session:{session.id}:room")
@@ -899,6 +922,8 @@ async def test_start_purges_overdue_sessions_and_rearms_the_others(build: Build)
 
     assert (await after.get(overdue.id)).status == ENDED
     assert (await after.get(ending.id)).status == ENDED
+    for ended in (overdue, ending):
+        await after.timers.run(f"session:{ended.id}:room")
     assert sorted(gateway.deleted_rooms) == sorted([overdue.room_id, ending.room_id])
     reasons = {
         e.detail["session"]: e.detail["reason"]
@@ -1022,6 +1047,9 @@ async def test_cancel_of_a_prepared_session_deletes_its_empty_room(world: World)
 
     stored = await world.get(session.id)
     assert stored.status == CANCELLED
+    room_timer = world.timers.armed[f"session:{session.id}:room"]
+    assert room_timer.args == (session.id, False)  # no member device to wait for
+    await world.timers.run(f"session:{session.id}:room")
     assert world.gateway.deleted_rooms == [room]
     assert room not in world.service.room_ids
 
@@ -1041,6 +1069,8 @@ async def test_cancel_of_a_prepared_session_keeps_retrying_the_purge(build: Buil
     # The client has a device that never synced: a cancelled room had no members, so that
     # does not hold its deletion back.
     gateway.user_device_list[jane.client.user_id] = [{"device_id": "PHONE", "last_seen_ts": 1}]
+    await world.timers.run(f"session:{session.id}:room")
+    assert gateway.deleted_rooms == []  # the 502
     await world.timers.run(f"session:{session.id}:room")
 
     assert gateway.deleted_rooms == [room]

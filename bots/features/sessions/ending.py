@@ -1,10 +1,12 @@
 """The end of a text-only session, in two phases (README "Text-only sessions").
 
-1. At the end: closing notice → every member kicked (nobody can post after this) → the room's
-   remaining timeline scanned for files → the bot sets a content-free state event (the topic)
-   as the purge point → purge-history admin API (every message before it, local ones too; the
-   room's *state* stays, memberships included) → every recorded file deleted → a notice in each
-   1:1 → the audit receipt. The session is over and its content gone from the homeserver.
+1. At the end: closing notice → power levels let only the bot post → the timeline scanned for
+   files (added to those recorded as events arrived) → the bot sets a content-free state event
+   (the topic) as the purge point → purge-history admin API (every message before it, local
+   ones too; the room's *state* stays, memberships included) → every file deleted → each
+   member re-joins (a content-free marker) and is kicked, so even an offline device's next
+   /sync carries the leave (see _remove) → a notice in each 1:1 → the audit receipt. The
+   session is over and its content gone from the homeserver.
 2. Later: the room, which by now holds only state (name, topic, who was a member), is deleted
    (admin room delete, purge + block) once every member device has been seen by the homeserver
    after the leave — an offline device syncing from its old token gets the room in
@@ -32,6 +34,7 @@ from bridge.metrics import Metrics
 from bridge.timers import Timers
 
 from ...bot_types import notice
+from ..conversations import rules
 from .repo import CANCELLED, ENDED, ENDING, LIVE, Session, SessionRepo
 
 if TYPE_CHECKING:
@@ -41,6 +44,9 @@ log = logging.getLogger("alcove.sessions")
 
 CANCELLED_REASON = "cancelled"
 ENDED_TOPIC = "This session has ended. Its messages and files have been deleted."
+ENDED_MARKER = "org.alcove.session_ended"
+# At the end only the bot (the creator) may send anything.
+_LOCKED = {**rules.power_levels({}), "events_default": rules.BOT_ONLY, "events": {}}
 
 Scrub = Callable[[], Awaitable[None]]
 
@@ -150,8 +156,8 @@ class SessionEnding:
         if room_id is None:
             await self._receipt(session, reason, None, 0, 0, "nothing created")
             return
-        first = session.left_at is None
-        if first:
+        members = (*session.clients, session.therapist_id)
+        if session.left_at is None:
             await self.outbox.send(
                 f"session-close:{session.id}",
                 self.bot,
@@ -162,17 +168,12 @@ class SessionEnding:
                 await self.outbox.wait(f"session-close:{session.id}", 10)
             except TimeoutError:
                 pass  # the messages are deleted regardless
-        # Everyone out first (not forgotten: see the module docstring), so that nothing can be
-        # posted after the scan and the purge point below.
-        for user in (*session.clients, session.therapist_id):
-            try:
-                await self.gateway.kick(room_id, user, "The session has ended")
-            except PermanentError:
-                pass  # not (or no longer) a member
+        # Nobody but the bot may post from here on: nothing escapes the scan and the purge.
+        await self.gateway.send_state(self.bot, room_id, "m.room.power_levels", "", _LOCKED)
         events = await self.gateway.room_events(room_id)
-        if first:  # counted once: a retry may find them purged already
+        if not await self.repo.messages_counted(session.id):  # a retry finds them purged
             messages = sum(e.get("type") == "m.room.message" for e in events)
-            await self.repo.update(session.id, left_at=ms(self.clock), messages_purged=messages)
+            await self.repo.update(session.id, messages_purged=messages)
         await self.repo.record_media(
             session.id, sorted(media_in(events, self.config.homeserver.domain))
         )
@@ -189,6 +190,19 @@ class SessionEnding:
             raise PurgeFailed(f"purge of the history {purge_id} ended with status {status}")
         for mxc in files:
             await self.gateway.delete_media(mxc)
+        for user in members:
+            await self._remove(room_id, user, session.id)
+        if session.left_at is None:
+            await self.repo.update(session.id, left_at=ms(self.clock))
+        await self._scrub()
+        # The room (state only now) goes later, from its own timer: see _remove_room.
+        self.timers.arm(
+            f"session:{session.id}:room",
+            self._when(ms(self.clock)),
+            self.remove_room,
+            session.id,
+            reason != CANCELLED_REASON,
+        )
         messages, files_count = await self.repo.purge_counts(session.id)
         for client_id in session.clients if reason != CANCELLED_REASON else ():
             dm = await self.conversations.repo.dm_of(session.therapist_id, client_id)
@@ -198,8 +212,28 @@ class SessionEnding:
                 "Your text-only session has ended; its messages have been deleted.",
             )
         await self._receipt(session, reason, purge_id, messages, files_count, status)
-        await self._scrub()
-        await self._remove_room(session.id, wait_for_devices=reason != CANCELLED_REASON)
+
+    async def _remove(self, room_id: str, user: str, session_id: int) -> None:
+        """Kick a member so that every device of theirs learns it, even one offline now.
+
+        A device syncing from an old token is told it left only if the homeserver finds it
+        joined at that token, or finds a join after it. The purge turned every event before
+        the purge point into an outlier, so there is no state "at" an old token any more:
+        the member first re-sends their join (a content-free marker, as them — Alcove acts
+        for its clients, and for staff through the double puppet), then is kicked. Not
+        forgotten: forgetting hides the room, leave included, from the user's /sync."""
+        if self.gateway.can_act_as(user):
+            current = await self.gateway.get_state(room_id, "m.room.member", user)
+            if current is not None and current.get("membership") == "join":
+                marker = {**current, ENDED_MARKER: session_id}
+                try:
+                    await self.gateway.send_state(user, room_id, "m.room.member", user, marker)
+                except PermanentError:
+                    pass  # left meanwhile
+        try:
+            await self.gateway.kick(room_id, user, "The session has ended")
+        except PermanentError:
+            pass  # not (or no longer) a member
 
     async def _wait_for(
         self, poll: Callable[[str], Awaitable[str]], task_id: str, final: tuple[str, ...]
@@ -262,12 +296,11 @@ class SessionEnding:
 
     # ------------------------------------------------------------------ phase 2: the room
 
-    async def remove_room(self, session_id: int) -> None:
+    async def remove_room(self, session_id: int, wait_for_devices: bool = True) -> None:
+        """The room timer. A cancelled session's room never had members: nobody's device
+        waits for a leave there (``wait_for_devices`` False)."""
         async with self._lock(session_id):
-            session = await self.repo.get(session_id)
-            # A cancelled session's room never had members: nobody's device waits for a leave.
-            wait = session is not None and session.status != CANCELLED
-            await self._remove_room(session_id, wait_for_devices=wait)
+            await self._remove_room(session_id, wait_for_devices)
 
     async def _remove_room(self, session_id: int, wait_for_devices: bool) -> None:
         session = await self.repo.get(session_id)
@@ -287,7 +320,7 @@ class SessionEnding:
                 behind = await self._devices_behind(session)
                 if behind:
                     check = min(now + int(self.cfg.room_check_seconds * 1000), deadline)
-                    self.timers.arm(key, self._when(check), self.remove_room, session_id)
+                    self.timers.arm(key, self._when(check), self.remove_room, session_id, True)
                     return
             await self._delete_room(session, now >= deadline)
         except (MatrixSendError, PurgeFailed, TimeoutError) as e:
@@ -296,9 +329,8 @@ class SessionEnding:
             delay = backoff(session.purge_attempts + 1, self.cfg.purge_retry_seconds, cap=3600)
             await self.repo.update(session_id, purge_attempts=session.purge_attempts + 1)
             log.error("Deleting the room of session %d failed: %s; retrying", session_id, e)
-            self.timers.arm(
-                key, self._when(now) + timedelta(seconds=delay), self.remove_room, session_id
-            )
+            retry = self._when(now) + timedelta(seconds=delay)
+            self.timers.arm(key, retry, self.remove_room, session_id, wait_for_devices)
 
     async def _devices_behind(self, session: Session) -> int:
         """Member devices the homeserver has not seen since the leave (so it may not have

@@ -194,6 +194,12 @@ class SessionRepo:
         )
         return [str(r["mxc"]) for r in rows]
 
+    async def messages_counted(self, session_id: int) -> bool:
+        value = await self.db.fetchval(
+            "SELECT messages_purged FROM text_session WHERE id = $1", session_id
+        )
+        return value is not None
+
     async def purge_counts(self, session_id: int) -> tuple[int, int]:
         row = await self.db.fetchrow(
             "SELECT messages_purged, files_purged FROM text_session WHERE id = $1", session_id

@@ -79,7 +79,11 @@ class SessionService(SessionEnding):
                 self._arm(session)
         for session in await self.repo.rooms_awaiting_deletion():
             self.timers.arm(
-                f"session:{session.id}:room", self._when(now), self.remove_room, session.id
+                f"session:{session.id}:room",
+                self._when(now),
+                self.remove_room,
+                session.id,
+                session.status != CANCELLED,
             )
 
     def _arm(self, s: Session) -> None:
