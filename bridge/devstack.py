@@ -243,7 +243,8 @@ class DevStack:
             "default_room_version": "12",
             # Text-only sessions (README): redacted content is not kept, push notifications
             # carry no text. (Its SQLite file: Alcove VACUUMs it after each purge.)
-            "redaction_retention_period": None,
+            # Short, not null: null turns Synapse's censoring of redacted events off.
+            "redaction_retention_period": "5m",
             "push": {"include_content": False},
             **_synapse_rate_limits(),
         }
