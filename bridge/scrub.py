@@ -5,8 +5,8 @@ the WAL until a checkpoint; PostgreSQL keeps them in the heap page and its index
 space is reused, and in WAL segments until they are recycled and overwritten. So after a purge:
 
 - Alcove's own database: SQLite runs with ``secure_delete`` (database.py) and is checkpointed
-  with TRUNCATE here; PostgreSQL gets a plain VACUUM of the inbox (the only table that ever held
-  a session's text, until the event was handled).
+  with TRUNCATE here; PostgreSQL gets VACUUM FULL of the inbox (small; the only table that ever
+  held a session's text, until the event was handled).
 - The homeserver's database, read from ``homeserver.synapse_config``: SQLite gets ``VACUUM``
   (every page rewritten) and ``wal_checkpoint(TRUNCATE)``; PostgreSQL gets ``VACUUM FULL`` of
   the tables that hold event content and file names (plain VACUUM leaves them: measured, see
@@ -122,7 +122,7 @@ async def checkpoint_alcove(db: Database) -> None:
         if row is not None and row[0]:
             log.warning("Alcove's WAL was busy; it is truncated at the next purge")
     else:
-        await db.execute("VACUUM inbox_event")
+        await db.execute("VACUUM FULL inbox_event")  # small; plain VACUUM leaves bytes
 
 
 class Scrubber:
