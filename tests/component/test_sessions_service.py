@@ -690,6 +690,23 @@ async def test_the_room_waits_until_every_member_device_saw_the_leave(world: Wor
     assert sam.client.user_id  # Sam has no device at all: nothing to wait for
 
 
+async def test_a_member_alcove_cannot_act_as_is_kicked_without_the_marker(world: World) -> None:
+    session, jane, _ = await open_session(world)
+    room = session.room_id
+    assert room is not None
+    gw = world.gateway
+    gw.doublepuppet = False  # the therapist's join cannot be re-sent
+    therapist_member = (room, "m.room.member", THERAPIST)
+    gw.state[therapist_member] = {"membership": "join", "displayname": "Dr T"}
+    gw.state[(room, "m.room.member", jane.client.user_id)] = {"membership": "join"}
+
+    await world.service.end(session.id, "test")
+
+    assert gw.state[therapist_member] == {"membership": "join", "displayname": "Dr T"}
+    assert gw.state[(room, "m.room.member", jane.client.user_id)][ENDED_MARKER] == session.id
+    assert (room, THERAPIST) in gw.kicked and (room, jane.client.user_id) in gw.kicked
+
+
 async def test_a_device_that_never_comes_back_waits_only_until_the_bound(world: World) -> None:
     session, jane, _ = await open_session(world)
     gw = world.gateway
