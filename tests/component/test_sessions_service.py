@@ -690,6 +690,22 @@ async def test_the_room_waits_until_every_member_device_saw_the_leave(world: Wor
     assert sam.client.user_id  # Sam has no device at all: nothing to wait for
 
 
+async def test_a_room_delete_begun_by_an_older_alcove_is_finished(world: World) -> None:
+    session, _, _ = await open_session(world)
+    room = session.room_id
+    await world.repo.update(session.id, status=ENDING, delete_id="delete-old")
+    state_before = dict(world.gateway.state)
+
+    await world.service.end(session.id, "ended while Alcove was not running")
+
+    stored = await world.get(session.id)
+    assert stored.status == ENDED and stored.room_deleted_at is not None
+    assert world.gateway.deleted_rooms == []  # only polled: it was asked for already
+    assert world.gateway.purged_history == [] and world.gateway.state == state_before
+    assert room not in world.service.room_ids
+    assert len(await world.audit.entries("session.purged")) == 1
+
+
 async def test_a_member_alcove_cannot_act_as_is_kicked_without_the_marker(world: World) -> None:
     session, jane, _ = await open_session(world)
     room = session.room_id

@@ -156,6 +156,13 @@ class SessionEnding:
         if room_id is None:
             await self._receipt(session, reason, None, 0, 0, "nothing created")
             return
+        if session.delete_id is not None and session.left_at is None:
+            # Ended by an Alcove older than the two phases: everyone was kicked and the room's
+            # deletion asked for already. Finish that (polled), then the receipt.
+            await self._delete_room(session, bound_reached=False)
+            messages, files_count = await self.repo.purge_counts(session.id)
+            await self._receipt(session, reason, None, messages, files_count, "complete")
+            return
         members = (*session.clients, session.therapist_id)
         if session.left_at is None:
             await self.outbox.send(
