@@ -39,6 +39,7 @@ from .features.phrases.commands import PhraseCommands, PhraseRepo
 from .features.schedule.commands import ScheduleCommands
 from .features.schedule.service import ScheduleService
 from .features.sessions.commands import SessionCommands
+from .features.sessions.ending import Scrub
 from .features.sessions.repo import SessionRepo
 from .features.sessions.service import SessionService
 from .features.voice import TherapistVoice
@@ -56,6 +57,7 @@ class Bot:
         clock: Clock,
         timers: Timers | None = None,
         metrics: Metrics | None = None,
+        scrub: Scrub | None = None,
     ) -> None:
         self.config = config
         self.gateway = gateway
@@ -82,6 +84,7 @@ class Bot:
             self.conversations,
             self.audit,
             metrics,
+            scrub,
         )
         self.governance = RoomGovernance(
             config,
@@ -140,9 +143,8 @@ class Bot:
         await self.schedule.start()
         await self.conversations.reconcile_staff_rooms()
 
-    def keeps_events_of(self, room_id: str) -> bool:
-        """False for text-only session rooms: their events leave the inbox once handled."""
-        return room_id not in self.sessions.room_ids
+    async def on_event(self, event: dict[str, Any]) -> None:
+        await self.sessions.on_event(event)
 
     async def on_invite(self, room_id: str, inviter: str, content: dict[str, Any]) -> None:
         """Staff invite the bot: accept (a DM becomes their management room). Others: decline."""

@@ -1,5 +1,5 @@
-"""The `alcove` command: run | dev | generate-registration | doctor. Exit codes: 0 ok,
-1 Alcove could not start or a check failed, 2 bad config or usage."""
+"""The `alcove` command: run | dev | generate-registration | doctor | vacuum-homeserver.
+Exit codes: 0 ok, 1 Alcove could not start or a check failed, 2 bad config or usage."""
 
 from __future__ import annotations
 
@@ -27,6 +27,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     doc = sub.add_parser("doctor", help="check the homeserver, tokens, ping and admin flag")
     doc.add_argument("-c", "--config", default="config.yaml")
+    vac = sub.add_parser(
+        "vacuum-homeserver",
+        help="rewrite the homeserver's database so purged sessions leave no bytes on disk",
+    )
+    vac.add_argument("-c", "--config", default="config.yaml")
+    vac.add_argument(
+        "--homeserver-config",
+        type=Path,
+        help="homeserver.yaml (default: homeserver.synapse_config from the config)",
+    )
     dev = sub.add_parser("dev", help="throwaway Synapse + Alcove on 127.0.0.1 with SQLite")
     dev.add_argument("--state-dir", default=".alcove-dev", type=Path)
     return parser
@@ -72,6 +82,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         setup_logging(config.logging)
         asyncio.run(run_until_signalled(config))
+        return 0
+    if args.command == "vacuum-homeserver":
+        from .scrub import homeserver_database, vacuum_homeserver
+
+        config = load_config(args.config, need_tokens=False)
+        path = args.homeserver_config or config.homeserver.synapse_config
+        if path is None:
+            raise ConfigError(
+                "homeserver.synapse_config", "needed (or --homeserver-config) to find the database"
+            )
+        hs_db = homeserver_database(Path(path))
+        asyncio.run(vacuum_homeserver(hs_db))
+        print(f"Vacuumed {hs_db.describe()}.")
         return 0
     if args.command == "dev":
         from .config import LoggingConfig

@@ -27,6 +27,7 @@ from .matrix.mautrix_gateway import MautrixGateway
 from .matrix.outbox import Outbox
 from .metrics import Metrics
 from .registration import read_doublepuppet_token
+from .scrub import HomeserverDatabase, Scrubber, homeserver_database
 from .startup import run_startup
 from .timers import Timers
 from .web.server import READY, build_web_app
@@ -72,7 +73,14 @@ class Alcove:
         )
         self.timers = Timers()
         self.bot = Bot(
-            cfg, self.gateway, self.outbox, self.db, self.clock, self.timers, self.metrics
+            cfg,
+            self.gateway,
+            self.outbox,
+            self.db,
+            self.clock,
+            self.timers,
+            self.metrics,
+            Scrubber(self.db, self._homeserver_database()),
         )
         self.dispatcher = Dispatcher(cfg.bot_user_id, self.bot, f"@{cfg.appservice.client_prefix}")
         self.inbox = Inbox(
@@ -81,7 +89,6 @@ class Alcove:
             self.clock,
             self.metrics,
             cfg.inbox,
-            keep_row=lambda row: self.bot.keeps_events_of(row.room_id),
         )
         self.catchup = CatchUp(
             self.gateway.recent_events, self.inbox.repo.received_range, self.inbox, self.clock
@@ -128,6 +135,16 @@ class Alcove:
         self.web[READY].update(ready=True, reason="")
         self.metrics.ready.set(1)
         log.info("Alcove is ready as %s", cfg.bot_user_id)
+
+    def _homeserver_database(self) -> HomeserverDatabase | None:
+        """The homeserver database to VACUUM after each purge, when configured (dev stack)."""
+        sessions, hs = self.config.sessions, self.config.homeserver
+        if not sessions.vacuum_homeserver:
+            return None
+        if hs.synapse_config is None:
+            log.warning("sessions.vacuum_homeserver needs homeserver.synapse_config; not vacuuming")
+            return None
+        return homeserver_database(hs.synapse_config)
 
     async def refresh_metrics(self) -> None:
         await self.inbox.refresh_metrics()

@@ -163,6 +163,13 @@ class SessionsConfig:
     transcript_timeout_minutes: int = 5
     purge_poll_seconds: float = 1.0
     purge_retry_seconds: float = 30.0
+    room_keep_days: float = 7.0
+    """How long an ended session's room (state only) waits for member devices to sync the
+    leave before it is deleted anyway."""
+    room_check_seconds: float = 600.0
+    vacuum_homeserver: bool = False
+    """After each purge, VACUUM the homeserver's database (read from homeserver.synapse_config);
+    only where Alcove can reach it (the dev stack). Production: `alcove vacuum-homeserver`."""
 
 
 @dataclass(frozen=True)
@@ -530,6 +537,9 @@ def _sessions(s: _Section) -> SessionsConfig:
         ),
         purge_poll_seconds=s.number("purge_poll_seconds", d.purge_poll_seconds, low=0.05),
         purge_retry_seconds=s.number("purge_retry_seconds", d.purge_retry_seconds, low=0.1),
+        room_keep_days=s.number("room_keep_days", d.room_keep_days, low=0.0),
+        room_check_seconds=s.number("room_check_seconds", d.room_check_seconds, low=0.1),
+        vacuum_homeserver=s.flag("vacuum_homeserver", d.vacuum_homeserver),
     )
 
 

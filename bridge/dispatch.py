@@ -12,6 +12,9 @@ log = logging.getLogger("alcove.dispatch")
 
 
 class EventSink(Protocol):
+    async def on_event(self, event: dict[str, Any]) -> None:
+        """Every event, before it is routed (text-only sessions record media here)."""
+
     async def on_invite(self, room_id: str, inviter: str, content: dict[str, Any]) -> None: ...
 
     async def on_member(self, event: dict[str, Any]) -> None: ...
@@ -30,6 +33,7 @@ class Dispatcher:
         sender = event.get("sender")
         if not isinstance(sender, str):
             return
+        await self.sink.on_event(event)
         if etype == "m.room.member":
             content = event.get("content") or {}
             if event.get("state_key") == self.bot_user_id:

@@ -35,14 +35,12 @@ class Inbox:
         clock: Clock,
         metrics: Metrics,
         config: InboxConfig,
-        keep_row: Callable[[InboxRow], bool] = lambda _row: True,
     ) -> None:
         self.repo = repo
         self.handler = handler
         self.clock = clock
         self.metrics = metrics
         self.config = config
-        self.keep_row = keep_row
         self.workers: KeyedWorkers[InboxRow] = KeyedWorkers(
             "inbox", self._process, config.concurrency
         )
@@ -52,7 +50,7 @@ class Inbox:
         self._lock = asyncio.Lock()
         # "Handled" marks are group-committed: losing one in a crash only means the event is
         # handled again, and handlers are idempotent (outbox keys, recorded steps).
-        self._finished: Batcher[tuple[int, int, bool]] = Batcher("inbox-done", repo.finish_many)
+        self._finished: Batcher[tuple[int, int]] = Batcher("inbox-done", repo.finish_many)
 
     async def accept(self, txn_id: str, events: list[dict[str, Any]]) -> int:
         """Persist a transaction's room events. Returns how many were new."""
@@ -113,7 +111,7 @@ class Inbox:
             await self._failed(row, e)
             return
         self._queued.discard(row.seq)
-        self._finished.add((row.seq, ms(self.clock), self.keep_row(row)))
+        self._finished.add((row.seq, ms(self.clock)))
         self.metrics.inbox_events.labels(outcome="done").inc()
 
     async def _failed(self, row: InboxRow, error: Exception) -> None:

@@ -26,17 +26,20 @@ def duration_seconds(value: Any) -> float | None:
 
 def check_synapse_config(hs: dict[str, Any], log_config: dict[str, Any] | None) -> list[Check]:
     checks: list[Check] = []
+    # null does not mean "keep nothing": Synapse then never censors redacted events
+    # (synapse/storage/databases/main/censor_events.py), so their text stays for good.
     retention = hs.get("redaction_retention_period", "7d")
     seconds = None if retention is None else duration_seconds(retention)
-    if retention is None or (seconds is not None and seconds <= 86400):
+    if seconds is not None and seconds <= 86400:
         checks.append(Check("redacted content is not kept (redaction_retention_period)", True, ""))
     else:
+        kept = "for ever (null turns the clean-up off)" if retention is None else "that long"
         checks.append(
             Check(
                 "redacted content is not kept (redaction_retention_period)",
                 False,
-                f"is {retention!r}: Synapse keeps the text of deleted messages that long. Set "
-                "redaction_retention_period: 1d (or null) in homeserver.yaml.",
+                f"is {retention!r}: Synapse keeps the text of deleted messages {kept}. Set "
+                "redaction_retention_period: 1d (or shorter, e.g. 5m) in homeserver.yaml.",
             )
         )
     push = hs.get("push") or {}
@@ -93,12 +96,15 @@ def _database(database: dict[str, Any]) -> Check:
             "deleted rows leave no bytes on disk",
             False,
             "SQLite keeps the bytes of purged rows in free pages and the WAL until VACUUM: run "
-            "`sqlite3 homeserver.db 'PRAGMA wal_checkpoint(TRUNCATE); VACUUM;'` regularly (e.g. "
-            "nightly) or use PostgreSQL.",
+            "`alcove vacuum-homeserver -c config.yaml` after sessions (e.g. nightly), or set "
+            "sessions.vacuum_homeserver when Alcove runs beside Synapse (README).",
             warning=True,
         )
     return Check(
         "deleted rows leave no bytes on disk",
-        True,
-        "PostgreSQL: keep autovacuum on; a periodic VACUUM returns purged rows' space.",
+        False,
+        "PostgreSQL keeps purged rows' bytes in table pages and the full-text index after a "
+        "plain VACUUM, and in WAL segments until they are reused: run `alcove vacuum-homeserver "
+        "-c config.yaml` (VACUUM FULL of the content tables) after sessions (README).",
+        warning=True,
     )

@@ -34,7 +34,13 @@ def create_database(config: DatabaseConfig) -> Database:
     db_args: dict[str, Any] = {}
     if is_sqlite(config.url):
         # WAL with FULL sync: a transaction acknowledged to Synapse survives power loss too.
-        db_args["init_commands"] = ["PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL"]
+        # secure_delete: a deleted or overwritten row's bytes are zeroed, not left in the page
+        # (a session's text in the inbox until handled); the WAL is truncated after a purge.
+        db_args["init_commands"] = [
+            "PRAGMA journal_mode = WAL",
+            "PRAGMA synchronous = FULL",
+            "PRAGMA secure_delete = ON",
+        ]
     else:
         db_args["min_size"] = config.min_size
         db_args["max_size"] = config.max_size

@@ -76,21 +76,18 @@ class InboxRepo:
         )
         return [_row(r) for r in rows]
 
-    async def finish_many(self, items: list[tuple[int, int, bool]]) -> None:
-        """(seq, finished at, keep) for each handled event, in one transaction: kept rows are
-        marked done (content dropped), the others deleted (text-only session rooms)."""
-        # The event JSON is dropped as soon as it is handled: only the id remains, for dedupe.
-        done = [(DONE, now_ms, seq) for seq, now_ms, keep in items if keep]
-        gone = [(seq,) for seq, _, keep in items if not keep]
-        async with transaction(self.db):  # a statement per kind, not one per event
-            if done:
-                await self.db.executemany(
-                    "UPDATE inbox_event SET status = $1, body = NULL, finished_at = $2,"
-                    " error = NULL WHERE seq = $3",
-                    done,
-                )
-            if gone:
-                await self.db.executemany("DELETE FROM inbox_event WHERE seq = $1", gone)
+    async def finish_many(self, items: list[tuple[int, int]]) -> None:
+        """(seq, finished at) for each handled event, marked done in one statement. The event
+        JSON is dropped: only the id remains — a content-free "seen" marker, so a replay of the
+        same event (catch-up after a restart) is recognised and never handled twice. Session
+        rooms included: their ids are kept like any other, their text is not."""
+        if not items:
+            return
+        await self.db.executemany(
+            "UPDATE inbox_event SET status = $1, body = NULL, finished_at = $2,"
+            " error = NULL WHERE seq = $3",
+            [(DONE, now_ms, seq) for seq, now_ms in items],
+        )
 
     async def mark_retry(self, seq: int, attempts: int, next_attempt_at: int, error: str) -> None:
         await self.db.execute(

@@ -111,3 +111,12 @@ class MatrixGateway(Protocol):
 
     async def delete_status(self, delete_id: str) -> str:
         """'purging', 'shutting_down', 'complete' or 'failed'."""
+
+    async def purge_history(self, room_id: str, up_to_event_id: str) -> str:
+        """Purge-history admin API (local events too, state kept); returns the purge id."""
+
+    async def purge_status(self, purge_id: str) -> str:
+        """'active', 'complete' or 'failed'."""
+
+    async def user_devices(self, user_id: str) -> list[dict[str, Any]]:
+        """The user's devices (admin API): ``device_id``, ``last_seen_ts`` (ms or None)."""

@@ -418,6 +418,35 @@ class MautrixGateway:
         )
         return str(result.get("status", "unknown"))
 
+    async def purge_history(self, room_id: str, up_to_event_id: str) -> str:
+        """Purge-history admin API: every non-state event before ``up_to_event_id``, local
+        senders included; the room's current state (memberships) stays."""
+        result = await self.call(
+            self.bot_api,
+            Method.POST,
+            f"/_synapse/admin/v1/purge_history/{quote(room_id, safe='')}"
+            f"/{quote(up_to_event_id, safe='')}",
+            {"delete_local_events": True},
+        )
+        purge_id = result.get("purge_id")
+        if not isinstance(purge_id, str):
+            raise TemporaryError("purge history answered without a purge_id")
+        return purge_id
+
+    async def purge_status(self, purge_id: str) -> str:
+        result = await self.call(
+            self.bot_api,
+            Method.GET,
+            f"/_synapse/admin/v1/purge_history_status/{quote(purge_id, safe='')}",
+        )
+        return str(result.get("status", "unknown"))
+
+    async def user_devices(self, user_id: str) -> list[dict[str, Any]]:
+        result = await self.call(
+            self.bot_api, Method.GET, f"/_synapse/admin/v2/users/{quote(user_id, safe='')}/devices"
+        )
+        return [d for d in result.get("devices", []) if isinstance(d, dict)]
+
     # ------------------------------------------------------------------ start-up probes
 
     async def versions(self) -> dict[str, Any]:

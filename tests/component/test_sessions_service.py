@@ -19,6 +19,7 @@ from mautrix.util.async_db import Database
 
 from bots.features.conversations.repo import Client, ConversationRepo
 from bots.features.conversations.service import ConversationService, NewClient
+from bots.features.sessions.ending import ENDED_MARKER, ENDED_TOPIC
 from bots.features.sessions.repo import (
     CANCELLED,
     ENDED,
@@ -71,6 +72,21 @@ class FlakyGateway(RecordingGateway):
     """Delete ids that failed for good: polling them always answers 'failed' (like Synapse)."""
     upload_failures: int = 0
     polls: list[str] = field(default_factory=list)
+    purge_failures: int = 0
+    """How many purge_history calls raise a TemporaryError before they succeed."""
+    purge_statuses: list[str] = field(default_factory=list)
+    """What purge_status answers, one per poll, before it answers 'complete'."""
+
+    async def purge_history(self, room_id: str, up_to_event_id: str) -> str:
+        if self.purge_failures:
+            self.purge_failures -= 1
+            raise TemporaryError("502 from the purge history admin API", status=502)
+        return await super().purge_history(room_id, up_to_event_id)
+
+    async def purge_status(self, purge_id: str) -> str:
+        if self.purge_statuses:
+            return self.purge_statuses.pop(0)
+        return await super().purge_status(purge_id)
 
     async def delete_room(self, room_id: str) -> str:
         if self.delete_room_failures:
@@ -527,10 +543,22 @@ async def test_end_purges_the_room_and_writes_a_receipt(world: World) -> None:
     assert room is not None
     gw = world.gateway
     seed_room(world, room, jane.client.user_id, sam.client.user_id)
+    jane_member = (room, "m.room.member", jane.client.user_id)
+    gw.state[jane_member] = {"membership": "join", "displayname": "J.D."}
     world.advance_to(START + timedelta(minutes=50))
 
     await world.timers.run(f"session:{session.id}:end")
 
+    # Only the bot could post once the end began.
+    locked = gw.state[(room, "m.room.power_levels", "")]
+    assert locked["events_default"] == 100 and locked["users"] == {} and locked["events"] == {}
+    # Jane re-sent her join (a marker, same name) before the kick: a device of hers syncing
+    # from a token older than the purge still finds a join, then the leave.
+    assert gw.state[jane_member] == {
+        "membership": "join",
+        "displayname": "J.D.",
+        ENDED_MARKER: session.id,
+    }
     closing = [b for b in await world.bodies(room) if "has ended" in b]
     assert len(closing) == 1 and "deleted" in closing[0]
     row = await world.outbox.repo.get(f"session-close:{session.id}")
@@ -538,14 +566,27 @@ async def test_end_purges_the_room_and_writes_a_receipt(world: World) -> None:
 
     everyone = (jane.client.user_id, sam.client.user_id, THERAPIST)
     assert sorted(gw.kicked) == sorted((room, u) for u in everyone)
-    assert sorted(gw.forgotten) == sorted((u, room) for u in everyone)
+    # Nobody forgets the room: that would hide the leave from an offline device's next sync.
+    assert gw.forgotten == []
+    # The purge point is the bot's content-free topic; everything before it is purged.
+    assert gw.state[(room, "m.room.topic", "")] == {"topic": ENDED_TOPIC}
+    assert [r for r, _ in gw.purged_history] == [room]
+    assert [e for e in gw.events[room] if e["type"] == "m.room.message"] == []
     assert gw.deleted_media == [LOCAL_FILE]  # never the remote one
     assert REMOTE_FILE not in gw.deleted_media
+    # The room (only state by now) goes from its own timer, armed for now: no member device
+    # is waiting for the leave.
+    assert gw.deleted_rooms == []
+    room_timer = world.timers.armed[f"session:{session.id}:room"]
+    assert room_timer.when == world.clock.now() and room_timer.args == (session.id, True)
+    await world.timers.run(f"session:{session.id}:room")
     assert gw.deleted_rooms == [room]
 
     stored = await world.get(session.id)
     assert stored.status == ENDED
     assert stored.delete_id == "delete-1"
+    assert stored.left_at == to_ms(START + timedelta(minutes=50))
+    assert stored.room_deleted_at == stored.left_at
     assert await world.purge_columns(session.id) == {
         "purge_error": None,
         "messages_purged": 6,  # every m.room.message, notices and files included
@@ -574,7 +615,7 @@ async def test_end_purges_the_room_and_writes_a_receipt(world: World) -> None:
         "reason": "time is up",
         "messages_purged": 6,
         "files_purged": 1,
-        "delete_id": "delete-1",
+        "purge_id": "purge-1",
         "status": "complete",
     }
     for text in await world.audit_rows():
@@ -600,14 +641,165 @@ async def test_end_of_a_session_that_never_got_a_room(world: World) -> None:
     receipts = await world.audit.entries("session.purged")
     assert len(receipts) == 1
     assert receipts[0].detail["status"] == "nothing created"
-    assert receipts[0].detail["delete_id"] is None
+    assert receipts[0].detail["purge_id"] is None
+
+
+async def test_the_room_waits_until_every_member_device_saw_the_leave(world: World) -> None:
+    """Issue 9 item 7: until each member device has been seen after the leave, the room —
+    state only by then — stays, so an offline device's next /sync still carries the leave."""
+    session, jane, sam = await open_session(world)
+    room = session.room_id
+    gw = world.gateway
+    end = START + timedelta(minutes=50)
+    before_end = to_ms(end) - 60_000
+    gw.user_device_list = {
+        jane.client.user_id: [
+            {"device_id": "JANEPHONE", "last_seen_ts": before_end},
+            {"device_id": "ALCOVE", "last_seen_ts": None},  # Alcove's acting device: ignored
+        ],
+        THERAPIST: [{"device_id": "DESK", "last_seen_ts": before_end}],
+    }
+    world.advance_to(end)
+    await world.timers.run(f"session:{session.id}:end")
+
+    stored = await world.get(session.id)
+    assert stored.status == ENDED and stored.left_at == to_ms(end)
+    assert gw.purged_history and gw.deleted_rooms == [] and gw.forgotten == []
+    await world.timers.run(f"session:{session.id}:room")  # the first check, at the end
+    assert gw.deleted_rooms == []
+    check = world.timers.armed[f"session:{session.id}:room"]
+    assert check.when == end + timedelta(seconds=world.config.sessions.room_check_seconds)
+    assert len(await world.audit.entries("session.purged")) == 1
+
+    # The therapist's desk syncs; Jane's phone is still offline.
+    world.advance_to(check.when)
+    gw.user_device_list[THERAPIST] = [{"device_id": "DESK", "last_seen_ts": to_ms(end) + 5}]
+    await world.timers.run(f"session:{session.id}:room")
+    assert gw.deleted_rooms == []
+    assert f"session:{session.id}:room" in world.timers.armed
+
+    # Jane's phone comes back: its /sync from the old token got the leave.
+    gw.user_device_list[jane.client.user_id][0]["last_seen_ts"] = to_ms(check.when) + 1
+    world.clock.advance(world.config.sessions.room_check_seconds)
+    await world.timers.run(f"session:{session.id}:room")
+    assert gw.deleted_rooms == [room]
+    stored = await world.get(session.id)
+    assert stored.room_deleted_at == to_ms(world.clock.now())
+    deleted = await world.audit.entries("session.room_deleted")
+    assert len(deleted) == 1 and deleted[0].detail["after"] == "every device saw the leave"
+    assert sam.client.user_id  # Sam has no device at all: nothing to wait for
+
+
+async def test_a_room_delete_begun_by_an_older_alcove_is_finished(world: World) -> None:
+    session, _, _ = await open_session(world)
+    room = session.room_id
+    await world.repo.update(session.id, status=ENDING, delete_id="delete-old")
+    state_before = dict(world.gateway.state)
+
+    await world.service.end(session.id, "ended while Alcove was not running")
+
+    stored = await world.get(session.id)
+    assert stored.status == ENDED and stored.room_deleted_at is not None
+    assert world.gateway.deleted_rooms == []  # only polled: it was asked for already
+    assert world.gateway.purged_history == [] and world.gateway.state == state_before
+    assert room not in world.service.room_ids
+    assert len(await world.audit.entries("session.purged")) == 1
+
+
+async def test_a_member_alcove_cannot_act_as_is_kicked_without_the_marker(world: World) -> None:
+    session, jane, _ = await open_session(world)
+    room = session.room_id
+    assert room is not None
+    gw = world.gateway
+    gw.doublepuppet = False  # the therapist's join cannot be re-sent
+    therapist_member = (room, "m.room.member", THERAPIST)
+    gw.state[therapist_member] = {"membership": "join", "displayname": "Dr T"}
+    gw.state[(room, "m.room.member", jane.client.user_id)] = {"membership": "join"}
+
+    await world.service.end(session.id, "test")
+
+    assert gw.state[therapist_member] == {"membership": "join", "displayname": "Dr T"}
+    assert gw.state[(room, "m.room.member", jane.client.user_id)][ENDED_MARKER] == session.id
+    assert (room, THERAPIST) in gw.kicked and (room, jane.client.user_id) in gw.kicked
+
+
+async def test_a_device_that_never_comes_back_waits_only_until_the_bound(world: World) -> None:
+    session, jane, _ = await open_session(world)
+    gw = world.gateway
+    gw.user_device_list = {jane.client.user_id: [{"device_id": "OLD", "last_seen_ts": None}]}
+    end = START + timedelta(minutes=50)
+    world.advance_to(end)
+    await world.timers.run(f"session:{session.id}:end")
+    keep = timedelta(days=world.config.sessions.room_keep_days)
+    for _ in range(3):
+        assert gw.deleted_rooms == []
+        world.clock.advance(keep.total_seconds() / 3)
+        await world.timers.run(f"session:{session.id}:room")
+    assert gw.deleted_rooms == [session.room_id]
+    deleted = await world.audit.entries("session.room_deleted")
+    assert deleted[0].detail["after"] == "the bound"
+
+
+async def test_start_rearms_the_rooms_awaiting_deletion(build: Build) -> None:
+    gateway = FlakyGateway(bot_user_id=BOT, existing_users={THERAPIST})
+    clock = FakeClock(START)
+    before = await build(gateway=gateway, clock=clock)
+    jane = await before.client("Jane Doe")
+    session = await before.book([jane.client], START, 30)
+    gateway.user_device_list = {jane.client.user_id: [{"device_id": "P", "last_seen_ts": 1}]}
+    await before.service.end(session.id, "test")
+    assert gateway.deleted_rooms == []
+
+    after = await build(gateway=gateway, clock=clock)
+    await after.service.start()
+    assert after.timers.armed[f"session:{session.id}:room"].when == clock.now()
+    gateway.user_device_list = {}
+    await after.timers.run(f"session:{session.id}:room")
+    assert gateway.deleted_rooms == [session.room_id]
+
+
+async def test_a_file_is_deleted_even_when_its_message_was_redacted(world: World) -> None:
+    """Issue 10 item 7: the media URI is recorded as the event arrives; a redaction strips it
+    from the content the end scans, and a file posted just before the end is still found."""
+    session, jane, _ = await open_session(world)
+    room = session.room_id
+    assert room is not None
+    hidden = f"mxc://{DOMAIN}/redacted-later"
+    thumb = f"mxc://{DOMAIN}/thumb"
+    posted = {
+        "type": "m.room.message",
+        "room_id": room,
+        "sender": jane.client.user_id,
+        "event_id": "$file",
+        "origin_server_ts": to_ms(START) + 1000,
+        "content": {
+            "msgtype": "m.image",
+            "body": "photo.png",
+            "url": hidden,
+            "info": {"thumbnail_url": thumb},
+        },
+    }
+    await world.service.on_event(posted)
+    await world.service.on_event(  # not a session room: not recorded
+        {**posted, "room_id": jane.room.room_id, "content": {"url": f"mxc://{DOMAIN}/x"}}
+    )
+    # What the homeserver holds at the end: the redacted event, its content gone.
+    world.gateway.events[room] = [{**posted, "content": {}}]
+    await world.service.end(session.id, "test")
+
+    assert sorted(world.gateway.deleted_media) == sorted([hidden, thumb])
+    assert await world.purge_columns(session.id) == {
+        "purge_error": None,
+        "messages_purged": 1,
+        "files_purged": 2,
+    }
 
 
 # --------------------------------------------------------------------------- purge failures
 
 
-async def test_a_failed_room_delete_is_reported_and_retried(build: Build) -> None:
-    gateway = FlakyGateway(bot_user_id=BOT, existing_users={THERAPIST}, delete_room_failures=1)
+async def test_a_failed_history_purge_is_reported_and_retried(build: Build) -> None:
+    gateway = FlakyGateway(bot_user_id=BOT, existing_users={THERAPIST}, purge_failures=1)
     world = await build(gateway=gateway)
     await world.conversations.repo.set_management_room(THERAPIST, MGMT)
     session, jane, sam = await open_session(world)
@@ -636,6 +828,7 @@ async def test_a_failed_room_delete_is_reported_and_retried(build: Build) -> Non
         assert not [b for b in await world.bodies(new.room.room_id) if "has ended" in b]
 
     await world.timers.run(f"session:{session.id}:retry")
+    await world.timers.run(f"session:{session.id}:room")
 
     done = await world.get(session.id)
     assert done.status == ENDED
@@ -658,7 +851,7 @@ async def test_a_failed_room_delete_is_reported_and_retried(build: Build) -> Non
 
 
 async def test_a_second_failure_is_counted_but_not_reported_again(build: Build) -> None:
-    gateway = FlakyGateway(bot_user_id=BOT, existing_users={THERAPIST}, delete_room_failures=2)
+    gateway = FlakyGateway(bot_user_id=BOT, existing_users={THERAPIST}, purge_failures=2)
     world = await build(gateway=gateway)
     await world.conversations.repo.set_management_room(THERAPIST, MGMT)
     session, _, _ = await open_session(world)
@@ -678,8 +871,8 @@ async def test_a_second_failure_is_counted_but_not_reported_again(build: Build) 
     assert len(await world.audit.entries("session.purged")) == 1
 
 
-async def test_a_delete_that_reports_failed_is_retried(build: Build) -> None:
-    gateway = FlakyGateway(bot_user_id=BOT, existing_users={THERAPIST}, statuses=["failed"])
+async def test_a_purge_that_reports_failed_is_retried(build: Build) -> None:
+    gateway = FlakyGateway(bot_user_id=BOT, existing_users={THERAPIST}, purge_statuses=["failed"])
     world = await build(gateway=gateway)
     await world.conversations.repo.set_management_room(THERAPIST, MGMT)
     session, _, _ = await open_session(world)
@@ -700,7 +893,9 @@ async def test_a_delete_that_reports_failed_is_retried(build: Build) -> None:
     assert len(await world.audit.entries("session.purged")) == 1
 
 
-async def test_a_failed_delete_is_issued_again(build: Build) -> None:
+async def test_a_failed_room_delete_is_issued_again_later(build: Build) -> None:
+    """The room delete comes after the messages are gone: its failure does not hold the end
+    back, and is retried by the room timer under a fresh delete id."""
     gateway = FlakyGateway(bot_user_id=BOT, existing_users={THERAPIST}, failed_deletes={"delete-1"})
     world = await build(gateway=gateway)
     await world.conversations.repo.set_management_room(THERAPIST, MGMT)
@@ -708,11 +903,32 @@ async def test_a_failed_delete_is_issued_again(build: Build) -> None:
     room = session.room_id
 
     await world.service.end(session.id, "test")
-    assert (await world.get(session.id)).status == ENDING
-    await world.timers.run(f"session:{session.id}:retry")
+    stored = await world.get(session.id)
+    assert stored.status == ENDED and stored.room_deleted_at is None and stored.delete_id is None
+    assert len(await world.audit.entries("session.purged")) == 1
+    await world.timers.run(f"session:{session.id}:room")
+    assert world.purge_failures() == 1
+    assert gateway.deleted_rooms == [room]
+    await world.timers.run(f"session:{session.id}:room")
 
     assert gateway.deleted_rooms == [room, room]  # a fresh delete, polled under its new id
-    assert (await world.get(session.id)).status == ENDED
+    assert (await world.get(session.id)).room_deleted_at is not None
+    deleted = await world.audit.entries("session.room_deleted")
+    assert len(deleted) == 1 and deleted[0].detail["delete_id"] == "delete-2"
+
+
+async def test_a_room_delete_error_is_retried_by_the_room_timer(build: Build) -> None:
+    gateway = FlakyGateway(bot_user_id=BOT, existing_users={THERAPIST}, delete_room_failures=1)
+    world = await build(gateway=gateway)
+    await world.conversations.repo.set_management_room(THERAPIST, MGMT)
+    session, _, _ = await open_session(world)
+
+    await world.service.end(session.id, "test")
+    await world.timers.run(f"session:{session.id}:room")
+    assert gateway.deleted_rooms == []
+    assert f"session:{session.id}:room" in world.timers.armed
+    await world.timers.run(f"session:{session.id}:room")
+    assert gateway.deleted_rooms == [session.room_id]
 
 
 # --------------------------------------------------------------------------- start-up
@@ -739,6 +955,8 @@ async def test_start_purges_overdue_sessions_and_rearms_the_others(build: Build)
 
     assert (await after.get(overdue.id)).status == ENDED
     assert (await after.get(ending.id)).status == ENDED
+    for ended in (overdue, ending):
+        await after.timers.run(f"session:{ended.id}:room")
     assert sorted(gateway.deleted_rooms) == sorted([overdue.room_id, ending.room_id])
     reasons = {
         e.detail["session"]: e.detail["reason"]
@@ -862,6 +1080,9 @@ async def test_cancel_of_a_prepared_session_deletes_its_empty_room(world: World)
 
     stored = await world.get(session.id)
     assert stored.status == CANCELLED
+    room_timer = world.timers.armed[f"session:{session.id}:room"]
+    assert room_timer.args == (session.id, False)  # no member device to wait for
+    await world.timers.run(f"session:{session.id}:room")
     assert world.gateway.deleted_rooms == [room]
     assert room not in world.service.room_ids
 
@@ -877,7 +1098,13 @@ async def test_cancel_of_a_prepared_session_keeps_retrying_the_purge(build: Buil
     assert room is not None
 
     assert await world.service.cancel(THERAPIST, session.id) is True
-    await world.timers.run(f"session:{session.id}:retry")
+    assert (await world.get(session.id)).status == CANCELLED
+    # The client has a device that never synced: a cancelled room had no members, so that
+    # does not hold its deletion back.
+    gateway.user_device_list[jane.client.user_id] = [{"device_id": "PHONE", "last_seen_ts": 1}]
+    await world.timers.run(f"session:{session.id}:room")
+    assert gateway.deleted_rooms == []  # the 502
+    await world.timers.run(f"session:{session.id}:room")
 
     assert gateway.deleted_rooms == [room]
 
@@ -925,7 +1152,14 @@ async def test_transcript_with_everyones_consent_goes_to_the_management_room(
     assert len(world.gateway.uploads) == 1
     uri, data = next(iter(world.gateway.uploads.items()))
     text = data.decode()
-    assert text.startswith(f"Text-only session #{session.id}\n")
+    header = text.partition("\n\n")[0]
+    assert header.splitlines() == [
+        f"Text-only session #{session.id}",
+        "Date: Saturday 2026-11-21, 12:00 to 12:50",
+        "Time zone: Europe/London (GMT, UTC+0000); every time below is in it",
+        "Participants: Dr T (therapist), J.D., S.R.",
+    ]
+    assert "Jane" not in text and "Sam" not in text and "Doe" not in text
     assert f"12:05 J.D.: {SECRET}" in text
     assert "12:07 Dr T: Thank you for saying that" in text
     assert "12:09 S.R.: [attachment: worksheet.pdf]" in text
@@ -953,6 +1187,31 @@ async def test_transcript_with_everyones_consent_goes_to_the_management_room(
             assert secret not in row
     assert await world.repo.transcript_request(session.id) is None
     assert f"session:{session.id}:transcript" not in world.timers.armed
+
+
+async def test_transcript_of_a_summer_session_across_midnight_dates_its_lines(
+    world: World,
+) -> None:
+    jane = await world.client("Jane Doe")
+    late = datetime(2027, 7, 3, 22, 30, tzinfo=UTC)  # 23:30 BST
+    world.advance_to(late)
+    session = await world.book([jane.client], late, 60)
+    assert session.room_id is not None
+    world.gateway.events[session.room_id] = [
+        {
+            "type": "m.room.message",
+            "sender": jane.client.user_id,
+            "origin_server_ts": to_ms(late + timedelta(minutes=50)),
+            "content": {"msgtype": "m.text", "body": "after midnight"},
+        }
+    ]
+    text = (await world.transcripts.render(session)).decode()
+    assert text.splitlines()[1:4] == [
+        "Date: Saturday 2027-07-03, 23:30 to 00:30 on 2027-07-04",
+        "Time zone: Europe/London (BST, UTC+0100); every time below is in it",
+        "Participants: Dr T (therapist), J.D.",
+    ]
+    assert text.endswith("-- Sunday 2027-07-04 --\n00:20 J.D.: after midnight\n")
 
 
 async def test_transcript_answer_by_a_non_participant_is_refused(world: World) -> None:
@@ -1022,7 +1281,12 @@ async def test_transcript_survives_a_failed_upload(build: Build) -> None:
 # --------------------------------------------------------------------------- inbox privacy
 
 
-async def test_inbox_forgets_session_room_events(world: World, db: Database) -> None:
+async def test_a_replayed_session_event_is_handled_once_and_keeps_no_text(
+    world: World, db: Database
+) -> None:
+    """Catch-up (start-up, a homeserver restart) offers the last minutes of every room again:
+    a handled session-room event must be recognised by its id — a content-free marker — so
+    `!extend 30m` does not extend twice and no text is written back."""
     session, jane, _ = await open_session(world)
     room = session.room_id
     assert room is not None
@@ -1037,21 +1301,23 @@ async def test_inbox_forgets_session_room_events(world: World, db: Database) -> 
         world.clock,
         Metrics(),
         InboxConfig(max_attempts=3, retry_base_seconds=0.01),
-        keep_row=lambda row: row.room_id not in world.service.room_ids,
     )
     await inbox.start()
-    in_session = message(room, jane.client.user_id, SECRET)
+    in_session = message(room, THERAPIST, "!extend 30m")
+    secret = message(room, jane.client.user_id, SECRET)
     elsewhere = message(jane.room.room_id, jane.client.user_id, "hello")
     try:
-        assert await inbox.accept("txn1", [in_session, elsewhere]) == 2
+        assert await inbox.accept("txn1", [in_session, secret, elsewhere]) == 3
+        await inbox.join()
+        assert await inbox.accept("catch-up", [in_session, secret, elsewhere]) == 0
         await inbox.join()
     finally:
         await inbox.stop()
 
-    assert sorted(handled) == sorted([in_session["event_id"], elsewhere["event_id"]])
-    assert await inbox.repo.status_of(in_session["event_id"]) is None
-    assert await inbox.repo.status_of(elsewhere["event_id"]) == DONE
-    rows = await db.fetch("SELECT event_id, room_id, body FROM inbox_event")
-    assert [(r["event_id"], r["room_id"], r["body"]) for r in rows] == [
-        (elsewhere["event_id"], jane.room.room_id, None)
-    ]
+    assert sorted(handled) == sorted(e["event_id"] for e in (in_session, secret, elsewhere))
+    for event in (in_session, secret, elsewhere):
+        assert await inbox.repo.status_of(event["event_id"]) == DONE
+    rows = await db.fetch("SELECT * FROM inbox_event")
+    assert {r["body"] for r in rows} == {None}
+    for row in rows:
+        assert SECRET not in json.dumps({k: row[k] for k in row.keys()}, default=str)

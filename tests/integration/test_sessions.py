@@ -1,17 +1,25 @@
 """Issue 5 end to end on a real Synapse: a text-only session leaves nothing behind — not in
-Synapse's database, not in Alcove's, not in Alcove's DEBUG log, not in the media store — and a
-transcript is made only with every participant's consent, delivered to the management room."""
+Synapse's database, not in Alcove's, not in Alcove's DEBUG log, not in the media store, not in
+any file as raw bytes — a device that was offline at the end still learns it ended (matrix-nio
+syncing from its old token), and a transcript is made only with every participant's consent,
+delivered to the management room."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import secrets
 import sqlite3
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import nio
+import pytest
 from mautrix.util.async_db import Database, Scheme
 
 from bridge.devstack import DevStack
@@ -102,6 +110,52 @@ async def alcove_rows_containing(db: Database, needle: str) -> list[str]:
     return hits
 
 
+def files_containing(roots: list[Path], needle: str) -> list[str]:
+    """Every file under ``roots`` holding ``needle`` as raw bytes (any encoding a database or a
+    log would use for ASCII text)."""
+    raw = needle.encode()
+    hits = []
+    for root in roots:
+        for path in [root] if root.is_file() else root.rglob("*"):
+            if path.is_file():
+                try:
+                    data = path.read_bytes()
+                except OSError:
+                    continue
+                if raw in data or raw.lower() in data:
+                    hits.append(str(path))
+    return hits
+
+
+async def files_clean(roots: list[Path], needle: str, timeout: float = 20.0) -> list[str]:
+    """The files still holding ``needle`` once the post-purge scrub has had time to run."""
+    deadline = time.monotonic() + timeout
+    while True:
+        hits = files_containing(roots, needle)
+        if not hits or time.monotonic() > deadline:
+            return hits
+        await asyncio.sleep(0.5)
+
+
+def alcove_files(db_url: str, alcove: AlcoveProcess) -> list[Path]:
+    files = [alcove.log_path, alcove.log_path.with_suffix(".stderr")]
+    if db_url.startswith("sqlite:"):
+        db = Path(db_url.removeprefix("sqlite:"))
+        files += [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")]
+    return [f for f in files if f.exists()]
+
+
+async def purged(alcove_db: Database, room: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await alcove_db.fetchval(
+            "SELECT COUNT(*) FROM audit WHERE action = 'session.purged' AND room_id = $1", room
+        ):
+            return
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"session room {room} was not purged")
+
+
 async def session_with_client(
     therapist: MatrixUser, synapse: DevStack, http: aiohttp.ClientSession, name: str
 ) -> tuple[str, Added, MatrixUser, str]:
@@ -126,6 +180,7 @@ async def test_nothing_survives_a_session(
     synapse: DevStack,
     http: aiohttp.ClientSession,
     alcove_db: Database,
+    db_url: str,
 ) -> None:
     canary = f"CANARY{secrets.token_hex(8)}"
     _mgmt, added, client, room = await session_with_client(therapist, synapse, http, "Hana Hill")
@@ -150,6 +205,7 @@ async def test_nothing_survives_a_session(
 
     await therapist.send_text(room, "!end")
     await client.wait_for(from_bot(added.room_id, "session has ended"), timeout=60)
+    await purged(alcove_db, room)
 
     receipts = await alcove_db.fetch("SELECT detail FROM audit WHERE action = 'session.purged'")
     assert len(receipts) == 1
@@ -160,13 +216,18 @@ async def test_nothing_survives_a_session(
     # The homeserver keeps nothing: no row anywhere, and the file is gone.
     assert synapse_rows_containing(synapse.state_dir / "synapse" / "homeserver.db", canary) == []
     assert await download_status(therapist, mxc) == 404
-    status, _ = await client.raw("GET", f"/_matrix/client/v3/rooms/{quote(room)}/messages?dir=b")
-    assert status in (403, 404)
+    status, body = await client.raw("GET", f"/_matrix/client/v3/rooms/{quote(room)}/messages?dir=b")
+    assert status in (200, 403, 404)  # 200 while the room (state only) awaits the leave's sync
+    assert canary not in json.dumps(body)
     # Alcove keeps nothing: not in any table, not in its log even at DEBUG.
     assert await alcove_rows_containing(alcove_db, canary) == []
     for log in (alcove.log_path, alcove.log_path.with_suffix(".stderr")):
         assert canary not in log.read_text(errors="replace"), log
     assert "Handling m.room.message" in alcove.log_path.read_text()  # the log is at DEBUG
+    # Issue 10 item 8: not in any file of the stack as raw bytes — the homeserver's database
+    # and its WAL (VACUUMed after the purge), the media store, logs, and Alcove's database.
+    roots = [synapse.state_dir, *alcove_files(db_url, alcove)]
+    assert await files_clean(roots, canary) == []
 
 
 async def test_transcript_needs_everyones_consent(
@@ -243,10 +304,11 @@ async def test_session_ended_at_start_up_after_a_crash_across_its_end(
     status = await alcove_db.fetchval("SELECT status FROM text_session WHERE room_id = $1", room)
     assert status == "ended"
     await client.wait_for(from_bot(added.room_id, "session has ended"), timeout=30)
-    status_code, _ = await client.raw(
+    status_code, body = await client.raw(
         "GET", f"/_matrix/client/v3/rooms/{quote(room)}/messages?dir=b"
     )
-    assert status_code in (403, 404)
+    assert status_code in (200, 403, 404)
+    assert "written before the crash" not in json.dumps(body)
     assert "written before the crash" not in " ".join(
         synapse_rows_containing(
             synapse.state_dir / "synapse" / "homeserver.db", "written before the crash"
@@ -277,3 +339,162 @@ async def test_cancel_before_start_creates_nothing(
     )
     assert created == []
     assert BOT and THERAPIST  # the scenario constants are the ones the stack uses
+
+
+# --------------------------------------------------------------------------- a real client
+
+
+@pytest.fixture
+async def phone(tmp_path: Path) -> AsyncIterator[list[nio.AsyncClient]]:
+    """matrix-nio clients made by a test, closed after it."""
+    made: list[nio.AsyncClient] = []
+    yield made
+    for client in made:
+        await client.close()
+
+
+async def nio_login(
+    synapse: DevStack, added: Added, store: Path, made: list[nio.AsyncClient]
+) -> nio.AsyncClient:
+    client = nio.AsyncClient(synapse.homeserver_url, added.user_id, store_path=str(store))
+    made.append(client)
+    response = await client.login(added.password, device_name="Phone")
+    assert isinstance(response, nio.LoginResponse), response
+    return client
+
+
+def sources(events: list[Any]) -> str:
+    return json.dumps([getattr(e, "source", {}) for e in events])
+
+
+async def test_an_offline_device_learns_that_the_session_ended(
+    alcove: AlcoveProcess,
+    therapist: MatrixUser,
+    synapse: DevStack,
+    http: aiohttp.ClientSession,
+    alcove_db: Database,
+    phone: list[nio.AsyncClient],
+    tmp_path: Path,
+) -> None:
+    """Issue 9 item 7 with matrix-nio: a device that was not syncing when the session ended
+    gets the room in ``rooms.leave`` at its next /sync from its old token — and nothing of
+    what was said there, which the homeserver no longer has."""
+    canary = f"CANARY{secrets.token_hex(8)}"
+    _mgmt, added, client, room = await session_with_client(therapist, synapse, http, "Lea Lane")
+    device = await nio_login(synapse, added, tmp_path, phone)
+    first = await device.sync(timeout=0, full_state=True)
+    assert isinstance(first, nio.SyncResponse), first
+    assert room in first.rooms.join
+    event_id = await client.send_text(room, f"{canary} said while the phone listened")
+    token = first.next_batch
+    for _ in range(20):  # the phone receives (and caches) the message, then goes offline
+        seen = await device.sync(timeout=3000, since=token)
+        assert isinstance(seen, nio.SyncResponse), seen
+        token = seen.next_batch
+        joined = seen.rooms.join.get(room)
+        if joined is not None and canary in sources(joined.timeline.events):
+            break
+    else:
+        raise AssertionError("the phone never received the message")
+
+    await therapist.send_text(room, "!end")
+    await purged(alcove_db, room)
+
+    back = await device.sync(timeout=0, since=token)
+    assert isinstance(back, nio.SyncResponse), back
+    assert room not in back.rooms.join
+    assert room in back.rooms.leave, (list(back.rooms.join), list(back.rooms.leave))
+    left = back.rooms.leave[room]
+    leaves = [
+        e
+        for e in left.timeline.events
+        if isinstance(e, nio.RoomMemberEvent) and e.state_key == added.user_id
+    ]
+    assert leaves and leaves[-1].membership == "leave"
+    assert leaves[-1].content.get("reason") == "The session has ended"
+    assert canary not in sources(left.timeline.events)
+    assert device.rooms.get(room) is None or room in back.rooms.leave
+
+    # What the phone may still ask for is gone: the message, its context, the history.
+    history = await device.room_messages(room, start=token, direction=nio.MessageDirection.back)
+    if isinstance(history, nio.RoomMessagesResponse):
+        assert canary not in sources(history.chunk)
+    status, _ = await client.raw(
+        "GET", f"/_matrix/client/v3/rooms/{quote(room)}/event/{quote(event_id)}"
+    )
+    assert status in (403, 404)
+    assert synapse_rows_containing(synapse.state_dir / "synapse" / "homeserver.db", canary) == []
+
+    # The room itself (state only) waits for the phone, which has not been back since.
+    row = await alcove_db.fetchrow(
+        "SELECT status, left_at, room_deleted_at FROM text_session WHERE room_id = $1", room
+    )
+    assert row is not None and row["status"] == "ended"
+    assert row["left_at"] is not None and row["room_deleted_at"] is None
+
+
+async def test_a_redacted_file_is_deleted_at_the_end(
+    alcove: AlcoveProcess,
+    therapist: MatrixUser,
+    synapse: DevStack,
+    http: aiohttp.ClientSession,
+    alcove_db: Database,
+) -> None:
+    """Issue 10 item 7: the end used to find files from message content; a redacted message
+    has none, so its file stayed downloadable. Alcove records the mxc as the event arrives."""
+    _mgmt, _added, client, room = await session_with_client(therapist, synapse, http, "Max Moe")
+    mxc = await upload(client, b"a private drawing", "drawing.txt")
+    status, sent = await client.raw(
+        "PUT",
+        f"/_matrix/client/v3/rooms/{quote(room)}/send/m.room.message/redact-me",
+        {"msgtype": "m.file", "body": "drawing.txt", "url": mxc},
+    )
+    assert status == 200
+    await asyncio.sleep(1.0)  # Alcove has the event
+    status, _ = await client.raw(
+        "PUT",
+        f"/_matrix/client/v3/rooms/{quote(room)}/redact/{quote(sent['event_id'])}/r1",
+        {"reason": "sent by mistake"},
+    )
+    assert status == 200
+    assert await download_status(therapist, mxc) == 200
+
+    await therapist.send_text(room, "!end")
+    await purged(alcove_db, room)
+    assert await download_status(therapist, mxc) == 404
+
+
+async def test_catch_up_after_a_restart_does_not_run_session_commands_again(
+    alcove: AlcoveProcess,
+    therapist: MatrixUser,
+    synapse: DevStack,
+    http: aiohttp.ClientSession,
+    alcove_db: Database,
+) -> None:
+    """Issue 10 item 6: at start-up Alcove offers the rooms' last minutes to the inbox again.
+    A handled session event leaves a content-free marker, so `!extend` does not run twice and
+    no text is written back."""
+    canary = f"CANARY{secrets.token_hex(8)}"
+    _mgmt, _added, client, room = await session_with_client(therapist, synapse, http, "Ned Nye")
+    end_of = "SELECT end_at FROM text_session WHERE room_id = $1"
+    end_before = await alcove_db.fetchval(end_of, room)
+    await client.send_text(room, f"{canary} before the restart")
+    await therapist.send_text(room, "!extend 30m")
+    await therapist.wait_for(from_bot(room, "Extended"), timeout=20)
+    await asyncio.sleep(1.0)  # the handled marks are written (group commit)
+
+    alcove.terminate()
+    await alcove.start()  # catch-up at start-up re-offers the last minute of every room
+    await asyncio.sleep(3.0)
+
+    end_after = await alcove_db.fetchval(end_of, room)
+    assert end_after == end_before + 30 * 60_000
+    extended = [
+        e
+        for e in await therapist.room_messages(room)
+        if "Extended" in str(e["content"].get("body"))
+    ]
+    assert len(extended) == 1
+    assert await alcove_rows_containing(alcove_db, canary) == []
+    await therapist.send_text(room, "!end")
+    await purged(alcove_db, room)

@@ -201,6 +201,22 @@ class RecordingGateway:
     async def delete_status(self, delete_id: str) -> str:
         return "complete"
 
+    purged_history: list[tuple[str, str]] = field(default_factory=list)
+    user_device_list: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """What the devices admin API answers per user (none: the user has no device)."""
+
+    async def purge_history(self, room_id: str, up_to_event_id: str) -> str:
+        """Like Synapse: the room's messages go, its state (memberships) stays."""
+        self.purged_history.append((room_id, up_to_event_id))
+        self.events[room_id] = [e for e in self.events.get(room_id, []) if "state_key" in e]
+        return f"purge-{len(self.purged_history)}"
+
+    async def purge_status(self, purge_id: str) -> str:
+        return "complete"
+
+    async def user_devices(self, user_id: str) -> list[dict[str, Any]]:
+        return list(self.user_device_list.get(user_id, []))
+
     async def redact(self, room_id: str, event_id: str, reason: str) -> None:
         self.redacted.append((room_id, event_id))
 

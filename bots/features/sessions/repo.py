@@ -32,11 +32,14 @@ class Session:
     warned: bool
     delete_id: str | None
     purge_attempts: int
+    left_at: int | None = None
+    """When every member was removed and the messages purged; the room awaits deletion."""
+    room_deleted_at: int | None = None
 
 
 _COLS = (
     "id, therapist_id, clients, start_at, end_at, status, room_id, reminded, warned,"
-    " delete_id, purge_attempts"
+    " delete_id, purge_attempts, left_at, room_deleted_at"
 )
 
 
@@ -53,6 +56,8 @@ def _row(r: Any) -> Session:
         bool(r["warned"]),
         r["delete_id"],
         r["purge_attempts"],
+        r["left_at"],
+        r["room_deleted_at"],
     )
 
 
@@ -153,6 +158,8 @@ class SessionRepo:
             "purge_error",
             "messages_purged",
             "files_purged",
+            "left_at",
+            "room_deleted_at",
         }
         assert set(fields) <= allowed, fields
         names = sorted(fields)
@@ -162,6 +169,36 @@ class SessionRepo:
             *(fields[n] for n in names),
             session_id,
         )
+
+    async def rooms_awaiting_deletion(self) -> list[Session]:
+        """Ended sessions whose members were removed and messages purged, but whose room (only
+        state by now) is not deleted yet."""
+        rows = await self.db.fetch(
+            f"SELECT {_COLS} FROM text_session WHERE status IN ($1, $2) AND room_id IS NOT NULL"
+            " AND left_at IS NOT NULL AND room_deleted_at IS NULL ORDER BY left_at",
+            ENDED,
+            CANCELLED,
+        )
+        return [_row(r) for r in rows]
+
+    async def record_media(self, session_id: int, uris: list[str]) -> None:
+        await self.db.executemany(
+            "INSERT INTO session_media (session_id, mxc) VALUES ($1, $2)"
+            " ON CONFLICT (session_id, mxc) DO NOTHING",
+            [(session_id, uri) for uri in uris],
+        )
+
+    async def media(self, session_id: int) -> list[str]:
+        rows = await self.db.fetch(
+            "SELECT mxc FROM session_media WHERE session_id = $1 ORDER BY mxc", session_id
+        )
+        return [str(r["mxc"]) for r in rows]
+
+    async def messages_counted(self, session_id: int) -> bool:
+        value = await self.db.fetchval(
+            "SELECT messages_purged FROM text_session WHERE id = $1", session_id
+        )
+        return value is not None
 
     async def purge_counts(self, session_id: int) -> tuple[int, int]:
         row = await self.db.fetchrow(

@@ -1,46 +1,37 @@
 """Text-only sessions: a scheduled room whose messages nobody keeps once it ends.
 
-book → (reminder: the room is prepared, links go out) → open (members join) → warning → end:
-  closing notice → scan the room (count messages, find files) → kick + forget everyone →
-  delete every file (media admin API) → delete the room (purge + block), polled to completion →
-  a one-line notice in each 1:1 → an audit receipt. Each step is idempotent; a failure is
-  retried with backoff, counted in /metrics and reported to the therapist, never dropped.
-Alcove keeps no content: session-room events leave the inbox once handled (see keep_row)."""
+book → (reminder: the room is prepared, links go out) → open (members join) → warning → end
+(ending.py: kick, purge the history and every recorded file; later delete the room).
+Alcove keeps no content: a handled session-room event leaves only its id in the inbox, and a
+file's mxc URI is recorded as it arrives so the end deletes it."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import datetime
 
 from bridge.clock import Clock, ms
 from bridge.config import Config
 from bridge.db.audit_repo import AuditLog
-from bridge.delayed import backoff
-from bridge.matrix.gateway import MatrixGateway, MatrixSendError, PermanentError
+from bridge.matrix.gateway import MatrixGateway
 from bridge.matrix.outbox import Outbox
 from bridge.metrics import Metrics
 from bridge.timers import Timers
 
-from ...bot_types import notice
 from ..conversations import rules
 from ..conversations.repo import Client
 from ..conversations.service import ConversationService
 from ..schedule.timeparse import local_text
-from .repo import CANCELLED, ENDED, ENDING, LIVE, OPEN, PREPARED, SCHEDULED, Session, SessionRepo
+from .ending import CANCELLED_REASON, Scrub, SessionEnding
+from .repo import CANCELLED, ENDED, ENDING, OPEN, PREPARED, SCHEDULED, Session, SessionRepo
 
 log = logging.getLogger("alcove.sessions")
 
 ROOM_NAME = "Text-only session"
-CANCELLED_REASON = "cancelled"
 
 
-class PurgeFailed(Exception):
-    pass
-
-
-class SessionService:
+class SessionService(SessionEnding):
     def __init__(
         self,
         config: Config,
@@ -52,6 +43,7 @@ class SessionService:
         conversations: ConversationService,
         audit: AuditLog,
         metrics: Metrics | None = None,
+        scrub: Scrub | None = None,
     ) -> None:
         self.config = config
         self.repo = repo
@@ -62,30 +54,16 @@ class SessionService:
         self.conversations = conversations
         self.audit = audit
         self.metrics = metrics
-        self.room_ids: set[str] = set()  # read synchronously by the inbox (keep_row)
+        self.scrub = scrub
+        self.room_ids: set[str] = set()  # rooms of live sessions (media are recorded there)
         self._locks: dict[int, asyncio.Lock] = {}
 
     def _lock(self, session_id: int) -> asyncio.Lock:
         """One lifecycle step at a time per session (timers can fire together after a restart)."""
         return self._locks.setdefault(session_id, asyncio.Lock())
 
-    @property
-    def cfg(self) -> Any:
-        return self.config.sessions
-
-    @property
-    def bot(self) -> str:
-        return self.gateway.bot_user_id
-
-    def _when(self, at_ms: int) -> datetime:
-        return datetime.fromtimestamp(at_ms / 1000, UTC)
-
     def local(self, at_ms: int) -> str:
         return local_text(self._when(at_ms), self.config.practice.timezone)
-
-    async def _tell(self, key: str, room_id: str | None, text: str) -> None:
-        if room_id:
-            await self.outbox.send(key, self.bot, room_id, notice(text))
 
     # ------------------------------------------------------------------ start-up
 
@@ -99,6 +77,14 @@ class SessionService:
                 await self.end(session.id, "ended while Alcove was not running")
             else:
                 self._arm(session)
+        for session in await self.repo.rooms_awaiting_deletion():
+            self.timers.arm(
+                f"session:{session.id}:room",
+                self._when(now),
+                self.remove_room,
+                session.id,
+                session.status != CANCELLED,
+            )
 
     def _arm(self, s: Session) -> None:
         remind_at = s.start_at - self.cfg.reminder_minutes * 60_000
@@ -280,170 +266,3 @@ class SessionService:
             minutes=minutes,
         )
         return extended
-
-    # ------------------------------------------------------------------ the end
-
-    async def end_by_timer(self, session_id: int) -> None:
-        await self.end(session_id, "time is up")
-
-    async def end(self, session_id: int, reason: str) -> None:
-        async with self._lock(session_id):
-            await self._end(session_id, reason)
-
-    async def _end(self, session_id: int, reason: str) -> None:
-        session = await self.repo.get(session_id)
-        if session is None or session.status in (ENDED, CANCELLED):
-            return
-        await self.repo.transition(session_id, (*LIVE, ENDING), ENDING)
-        self._disarm(session_id)
-        try:
-            await self._purge(session, reason)
-        except (MatrixSendError, PurgeFailed, TimeoutError) as e:
-            await self._purge_failed(session, e)
-
-    async def _purge_failed(self, session: Session, error: Exception) -> None:
-        attempts = session.purge_attempts + 1
-        await self.repo.update(session.id, purge_attempts=attempts, purge_error=str(error)[:300])
-        if self.metrics is not None:
-            self.metrics.session_purge_failures.inc()
-        delay = backoff(attempts, self.cfg.purge_retry_seconds, cap=3600)
-        log.error(
-            "Purging session %d failed (attempt %d): %s; retrying in %.0fs",
-            session.id,
-            attempts,
-            error,
-            delay,
-        )
-        if attempts == 1:
-            mgmt = await self.conversations.management_room_for(session.therapist_id)
-            await self._tell(
-                f"session-purge-failed:{session.id}",
-                mgmt,
-                f"Deleting text-only session #{session.id} did not complete "
-                f"({type(error).__name__}). I keep retrying and will not give up; "
-                "an admin can see it in /metrics.",
-            )
-        retry_at = self._when(ms(self.clock)) + timedelta(seconds=delay)
-        self.timers.arm(f"session:{session.id}:retry", retry_at, self.end_by_timer, session.id)
-
-    async def _purge(self, session: Session, reason: str) -> None:
-        room_id = session.room_id
-        if room_id is None:
-            await self._receipt(session, reason, None, 0, 0, "nothing created")
-            return
-        delete_id = session.delete_id
-        if delete_id is None:
-            await self.outbox.send(
-                f"session-close:{session.id}",
-                self.bot,
-                room_id,
-                notice("This session has ended. Its messages and files are being deleted now."),
-            )
-            try:
-                await self.outbox.wait(f"session-close:{session.id}", 10)
-            except TimeoutError:
-                pass  # the room is deleted regardless
-            events = await self.gateway.room_events(room_id)
-            messages = sum(e.get("type") == "m.room.message" for e in events)
-            files = sorted(_media_in(events, self.config.homeserver.domain))
-            await self.repo.update(session.id, messages_purged=messages, files_purged=len(files))
-            for user in (*session.clients, session.therapist_id):
-                await self._remove(room_id, user)
-            for mxc in files:
-                await self.gateway.delete_media(mxc)
-            delete_id = await self.gateway.delete_room(room_id)
-            await self.repo.update(session.id, delete_id=delete_id)
-        status = await self._wait_for_delete(delete_id)
-        if status != "complete":
-            # Synapse keeps a failed (or, after its restart, forgotten) delete id for good:
-            # forget it, so the next attempt asks for the deletion again.
-            await self.repo.update(session.id, delete_id=None)
-            raise PurgeFailed(f"room delete {delete_id} ended with status {status}")
-        messages, files_count = await self.repo.purge_counts(session.id)
-        for client_id in session.clients if reason != CANCELLED_REASON else ():
-            dm = await self.conversations.repo.dm_of(session.therapist_id, client_id)
-            await self._tell(
-                f"session-ended:{session.id}:{client_id}",
-                dm.room_id if dm else None,
-                "Your text-only session has ended; its messages have been deleted.",
-            )
-        await self._receipt(session, reason, delete_id, messages, files_count, status)
-
-    async def _remove(self, room_id: str, user: str) -> None:
-        try:
-            await self.gateway.kick(room_id, user, "The session has ended")
-        except PermanentError:
-            pass  # not (or no longer) a member
-        if self.gateway.can_act_as(user):
-            try:
-                await self.gateway.forget(user, room_id)
-            except PermanentError:
-                pass
-
-    async def _wait_for_delete(self, delete_id: str) -> str:
-        status = "unknown"
-        for _ in range(int(300 / self.cfg.purge_poll_seconds)):
-            try:
-                status = await self.gateway.delete_status(delete_id)
-            except PermanentError as e:
-                if e.status == 404:
-                    return "unknown"  # Synapse forgot it (restart): ask again
-                raise
-            if status in ("complete", "failed"):
-                return status
-            await self.clock.sleep(self.cfg.purge_poll_seconds)
-        raise PurgeFailed(f"room delete {delete_id} still {status} after 5 minutes")
-
-    async def _receipt(
-        self,
-        session: Session,
-        reason: str,
-        delete_id: str | None,
-        messages: int,
-        files: int,
-        status: str,
-    ) -> None:
-        if session.room_id:
-            self.room_ids.discard(session.room_id)
-        await self.repo.update(session.id, status=ENDED, purge_error=None)
-        await self.repo.drop_transcript_request(session.id)
-        await self.audit.record(
-            self.bot,
-            "session.purged",
-            session.therapist_id,
-            session.room_id,
-            session=session.id,
-            start=session.start_at,
-            end=session.end_at,
-            reason=reason,
-            messages_purged=messages,
-            files_purged=files,
-            delete_id=delete_id,
-            status=status,
-        )
-        log.info(
-            "Session %d ended (%s): %d messages and %d files purged",
-            session.id,
-            reason,
-            messages,
-            files,
-        )
-
-
-def _media_in(events: list[dict[str, Any]], domain: str) -> set[str]:
-    """Every local mxc:// URI referenced by the events (files, images, thumbnails, avatars)."""
-    found: set[str] = set()
-
-    def walk(value: Any) -> None:
-        if isinstance(value, dict):
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-        elif isinstance(value, str) and value.startswith(f"mxc://{domain}/"):
-            found.add(value)
-
-    for event in events:
-        walk(event.get("content"))
-    return found

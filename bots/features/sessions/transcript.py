@@ -17,6 +17,10 @@ from .service import SessionService
 ATTACHMENTS = {"m.file", "m.image", "m.audio", "m.video"}
 
 
+def _utc(at_ms: int) -> datetime:
+    return datetime.fromtimestamp(at_ms / 1000, UTC)
+
+
 class Transcripts:
     def __init__(self, sessions: SessionService) -> None:
         self.sessions = sessions
@@ -94,25 +98,43 @@ class Transcripts:
         return "Everyone agreed: the transcript was sent to the therapist."
 
     async def render(self, session: Session) -> bytes:
+        """chat-history.txt: a header (session, date, time zone, participants by initials),
+        then one line per message, "HH:MM who: text", with a date line whenever the day
+        changes (a session across midnight)."""
         assert session.room_id
         conv = self.sessions.conversations
         tz = self.sessions.config.practice.timezone
+        therapist = conv.voice.name(session.therapist_id)
         names: dict[str, str] = {self.sessions.bot: "Alcove"}
         for client_id in session.clients:
             client = await conv.repo.client(client_id)
             names[client_id] = client.initials if client else "Client"
-        names[session.therapist_id] = conv.voice.name(session.therapist_id)
-        lines = [f"Text-only session #{session.id}", ""]
+        names[session.therapist_id] = therapist
+        start = _utc(session.start_at).astimezone(tz)
+        end = _utc(session.end_at).astimezone(tz)
+        clients = ", ".join(names[c] for c in session.clients)
+        lines = [
+            f"Text-only session #{session.id}",
+            f"Date: {start:%A %Y-%m-%d}, {start:%H:%M} to {end:%H:%M}"
+            + ("" if end.date() == start.date() else f" on {end:%Y-%m-%d}"),
+            f"Time zone: {tz.key} ({start:%Z}, UTC{start:%z}); every time below is in it",
+            f"Participants: {therapist} (therapist), {clients}",
+            "",
+        ]
+        day = start.date()
         for event in await self.sessions.gateway.room_events(session.room_id):
             content: dict[str, Any] = event.get("content") or {}
             if event.get("type") != "m.room.message" or event.get("sender") == self.sessions.bot:
                 continue
-            when = datetime.fromtimestamp(int(event.get("origin_server_ts", 0)) / 1000, UTC)
+            when = _utc(int(event.get("origin_server_ts", 0))).astimezone(tz)
+            if when.date() != day:
+                day = when.date()
+                lines.append(f"-- {when:%A %Y-%m-%d} --")
             who = names.get(str(event.get("sender")), "Participant")
             body = str(content.get("body", ""))
             if content.get("msgtype") in ATTACHMENTS:
                 body = f"[attachment: {body}]"
-            lines.append(f"{when.astimezone(tz):%H:%M} {who}: {body}")
+            lines.append(f"{when:%H:%M} {who}: {body}")
         return ("\n".join(lines) + "\n").encode()
 
     async def _deliver(self, session: Session, consents: dict[str, int]) -> None:
