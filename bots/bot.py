@@ -81,7 +81,7 @@ class Bot:
             metrics,
         )
         self.awaiting = AwaitingInput(db, clock)
-        confirmations = Confirmations(db, clock)
+        self.confirmations = confirmations = Confirmations(db, clock)
         self.blasts = BlastCommands(
             BlastService(self.conversations, outbox, voice), self.awaiting, confirmations
         )
@@ -127,6 +127,11 @@ class Bot:
         self.timers.start()
         await self.schedule.start()
         await self.conversations.reconcile_staff_rooms()
+
+    async def housekeep(self) -> int:
+        """Delete expired questions and captured inputs (they hold full names and blast
+        payloads), and used ones once no replay of their answer can come. Returns the count."""
+        return await self.confirmations.forget() + await self.awaiting.forget()
 
     def keeps_events_of(self, room_id: str) -> bool:
         """False for text-only session rooms: their events leave the inbox once handled."""
@@ -193,7 +198,7 @@ class Bot:
             return
         if role not in ("therapist", "care", "admin") or content["msgtype"] == "m.notice":
             return
-        waiting = await self.awaiting.take(room_id, sender)
+        waiting = await self.awaiting.take(room_id, sender, event_id)
         if waiting is not None and waiting[0] == "blast":
             ctx = CommandContext(
                 sender, role, room_id, event_id, "blast", (), "", self.registry, reply

@@ -134,6 +134,9 @@ class Alcove:
         while True:
             try:
                 await self.inbox.prune()
+                forgotten = await self.bot.housekeep()
+                if forgotten:
+                    log.info("Deleted %d expired or spent confirmations and inputs", forgotten)
             except Exception:
                 log.exception("Housekeeping failed; will try again")
             await self.clock.sleep(HOUSEKEEPING_SECONDS)

@@ -14,6 +14,7 @@ from . import (  # noqa: E402,F401  (import order is version order)
     v02_conversations,
     v03_therapist_tools,
     v04_sessions,
+    v05_replayable_answers,
 )
 
 __all__ = ["upgrade_table"]
