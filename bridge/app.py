@@ -84,7 +84,11 @@ class Alcove:
             keep_row=lambda row: self.bot.keeps_events_of(row.room_id),
         )
         self.catchup = CatchUp(
-            self.gateway.recent_events, self.inbox.repo.received_range, self.inbox, self.clock
+            self.gateway.recent_events,
+            self.inbox.repo.received_range,
+            self.inbox,
+            self.clock,
+            own_events=self.outbox.own_events,
         )
         self.gateway.on_recovered = lambda: self.catchup.request(
             "the homeserver is reachable again"

@@ -5,7 +5,10 @@ payload and gives the same answer; unanswered ones are deleted once expired (hou
 Both tables are rebuilt (the old key, one row per sender and room, could not hold a used row
 next to a new question): one *open* row per sender and room (a partial unique index), any
 number of used ones. ``asked_by`` is the event that asked, so a replay of the asking event does
-not ask again. The confirmation's prompt (it named clients in full) is no longer stored."""
+not ask again. The confirmation's prompt (it named clients in full) is no longer stored.
+
+And the outbox gets an index on event_id: catch-up asks which of the events it found are
+Alcove's own sends, so that they are not reported as events the homeserver never delivered."""
 
 from mautrix.util.async_db import Connection, Scheme
 
@@ -48,8 +51,9 @@ async def upgrade_v5(conn: Connection, scheme: Scheme) -> None:
         await conn.execute(f"CREATE INDEX {table}_used_by ON {table} (used_by)")
         await conn.execute(f"CREATE INDEX {table}_asked_by ON {table} (asked_by)")
         await conn.execute(f"CREATE INDEX {table}_expires ON {table} (expires_at)")
+    await conn.execute("CREATE INDEX outbox_event_id ON outbox (event_id)")
 
 
 upgrade_table.register(
-    upgrade_v5, description="Confirmations and captured inputs: used by an event, then expired"
+    upgrade_v5, description="Answers used by an event, then expired; outbox event id index"
 )
