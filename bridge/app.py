@@ -89,6 +89,7 @@ class Alcove:
             self.inbox,
             self.clock,
             own_events=self.outbox.own_events,
+            bot_user_id=cfg.bot_user_id,
         )
         self.gateway.on_recovered = lambda: self.catchup.request(
             "the homeserver is reachable again"

@@ -7,9 +7,11 @@ restart drops whatever was queued but not yet sent. So whenever Alcove sees sign
 at Alcove's own start-up) it fetches the bot's recent timeline with one /sync and offers those
 events to the inbox. The inbox dedupes by event id, so only what was really missed is handled.
 
-Among what it finds are Alcove's own messages: after a kill, the outbox resends at start-up and
-Synapse has not pushed those events back yet (its retry of the failed push comes later). They
-are handled like any other event, but only the others are reported as a gap.
+Not everything it finds is a gap. Alcove's own messages: after a kill, the outbox resends at
+start-up and Synapse has not pushed those events back yet (its retry of the failed push comes
+later). And the events of a room from before the bot was invited (its creation, by a therapist
+opening a management room): Synapse never pushes those, as the appservice had no interest in
+the room yet. They are offered to the inbox like the others, but only real gaps are reported.
 """
 
 from __future__ import annotations
@@ -41,9 +43,11 @@ class CatchUp:
         window_seconds: float = 900.0,
         per_room_limit: int = 50,
         own_events: OwnEvents | None = None,
+        bot_user_id: str | None = None,
     ) -> None:
         self.recent_events = recent_events
         self.own_events = own_events
+        self.bot_user_id = bot_user_id
         self.seen_range = seen_range
         self.inbox = inbox
         self.clock = clock
@@ -91,12 +95,31 @@ class CatchUp:
             return 0
         fresh = [e for e in recent if e["event_id"] in set(new)]
         own = await self.own_events(fresh) if self.own_events is not None else set()
-        missed = len(new) - len(own & set(new))
+        unseen = set(new) - own - self._before_the_bot(recent)
         if own:
             log.info("Catch-up found %d of Alcove's own messages not delivered back yet", len(own))
-        if missed:
-            log.warning("Catch-up found %d events the homeserver never delivered", missed)
-        return missed
+        if unseen:
+            log.warning("Catch-up found %d events the homeserver never delivered", len(unseen))
+        return len(unseen)
+
+    def _before_the_bot(self, events: list[dict[str, Any]]) -> set[str]:
+        """Ids of events that precede, in their room, the bot's latest invite or join among
+        ``events`` (oldest first per room): the homeserver had no reason to push those."""
+        if self.bot_user_id is None:
+            return set()
+        by_room: dict[str, list[dict[str, Any]]] = {}
+        for event in events:
+            by_room.setdefault(str(event.get("room_id")), []).append(event)
+        earlier: set[str] = set()
+        for room_events in by_room.values():
+            marks = [
+                i
+                for i, e in enumerate(room_events)
+                if e.get("type") == "m.room.member" and e.get("state_key") == self.bot_user_id
+            ]
+            if marks:
+                earlier |= {str(e.get("event_id")) for e in room_events[: marks[-1]]}
+        return earlier
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -109,3 +109,48 @@ async def test_without_own_messages_every_new_event_is_a_gap(
         assert await catchup.run_once() == 0  # offered again: nothing new
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warnings == ["Catch-up found 2 events the homeserver never delivered"]
+
+
+async def test_a_rooms_events_from_before_the_bot_was_invited_are_no_gap(
+    db: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A therapist opens a management room: its creation events come before the bot's invite,
+    and Synapse never pushes them (the appservice had no interest in the room yet)."""
+    config = make_config(tmp_path)
+    clock = FakeClock()
+    bot = config.bot_user_id
+
+    async def handle(event: dict[str, Any]) -> None:
+        pass
+
+    inbox = Inbox(InboxRepo(db), handle, clock, Metrics(), config.inbox)
+
+    def state(event_id: str, etype: str, state_key: str, content: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "type": etype,
+            "room_id": ROOM,
+            "sender": THERAPIST,
+            "state_key": state_key,
+            "event_id": event_id,
+            "origin_server_ts": ms(clock),
+            "content": content,
+        }
+
+    invite = state("$invite", "m.room.member", bot, {"membership": "invite"})
+    await inbox.accept("1", [invite])  # pushed: it names the bot
+    timeline = [
+        state("$create", "m.room.create", "", {"room_version": "12"}),
+        state("$join", "m.room.member", THERAPIST, {"membership": "join"}),
+        state("$rules", "m.room.join_rules", "", {"join_rule": "invite"}),
+        invite,
+        {**message(ROOM, THERAPIST, "!ping", "$missed"), "origin_server_ts": ms(clock)},
+    ]
+
+    async def recent(_limit: int) -> list[dict[str, Any]]:
+        return timeline
+
+    catchup = CatchUp(recent, inbox.repo.received_range, inbox, clock, bot_user_id=bot)
+    with caplog.at_level(logging.INFO, logger="alcove.catchup"):
+        assert await catchup.run_once() == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == ["Catch-up found 1 events the homeserver never delivered"]
