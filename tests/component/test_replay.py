@@ -18,6 +18,7 @@ import pytest
 from mautrix.util.async_db import Database
 
 from bots.bot import Bot
+from bots.features.away.service import MARK
 from bots.features.blasts import service as blast_service
 from bots.features.conversations.repo import Client
 from bridge.clock import ms
@@ -115,13 +116,11 @@ class World:
         await run.stop()
 
     def replies(self, event_id: str) -> list[str]:
-        """The bot's replies to one event (every send of the bot keyed on it)."""
+        """The bot's replies to one event (wherever they went)."""
         return [
             str(s.content.get("body"))
             for s in self.gateway.sent
-            if s.sender == self.config.bot_user_id
-            and s.room_id == MGMT
-            and s.txn_id in self._reply_txns(event_id)
+            if s.sender == self.config.bot_user_id and s.txn_id in self._reply_txns(event_id)
         ]
 
     def _reply_txns(self, event_id: str) -> set[str]:
@@ -331,3 +330,70 @@ async def test_housekeeping_deletes_expired_and_spent_questions(world: World) ->
     await run.inbox.prune()  # the inbox forgets $text after its dedupe window
     assert await run.bot.housekeep() == 1
     assert await rows() == (0, 0)
+
+
+async def test_group_remove_killed_after_yes_gets_its_reply(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`!group remove`, `!yes`, and Alcove dies once the client is removed but before the
+    reply: the replayed `!yes` confirms the same removal again (idempotent) and says so."""
+    first = await world.start()
+    clients = await clients_of(first, NAMES)
+    group = await first.bot.conversations.create_group(
+        THERAPIST, "Circle", [c for c, _ in clients], "$group"
+    )
+    await first.settle()
+    await first.inbox.accept("t1", [message(group.room_id, THERAPIST, "!group remove Anna", "$rm")])
+    await first.settle()
+    assert "Reply !yes" in world.replies("$rm")[0]
+    with monkeypatch.context() as patch:
+        crash_when(patch, first.bot.conversations, "remove_from_group", after=True)
+        await world.crash(first, message(group.room_id, THERAPIST, "!yes", "$yes"))
+
+    second = await world.start()
+    await second.settle()
+    anna = clients[0][0]
+    assert world.replies("$yes") == [f"Removed {anna.initials}; they can no longer read this chat."]
+    assert anna.user_id not in await second.bot.conversations.repo.members(group.room_id)
+
+
+async def test_schedule_cancel_killed_before_its_reply_says_cancelled(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = await world.start()
+    clients = await clients_of(first, NAMES)
+    await first.settle()
+    room = clients[0][1]
+    await first.inbox.accept("t1", [message(room, THERAPIST, "!schedule in 1h Hello", "$s")])
+    await first.settle()
+    (scheduled,) = world.replies("$s")
+    number = scheduled.split("#", 1)[1].split(" ", 1)[0]
+    with monkeypatch.context() as patch:
+        crash_when(patch, first.bot.schedule, "cancel", after=True)
+        await world.crash(first, message(room, THERAPIST, f"!schedule cancel {number}", "$c"))
+
+    second = await world.start()
+    await second.settle()
+    assert world.replies("$c") == [f"Cancelled #{number}."]
+    # Another cancel of the same message is still told there is none.
+    await second.inbox.accept("t2", [message(room, THERAPIST, f"!schedule cancel {number}", "$c2")])
+    await second.settle()
+    assert world.replies("$c2") == [f"You have no pending scheduled message #{number}."]
+
+
+async def test_an_away_notice_survives_a_temporary_error(world: World) -> None:
+    """A client writes while the therapist is away and the homeserver fails once while the
+    notice is prepared: the inbox retries the message, and the notice still goes out once
+    (the throttle window was claimed before the failure, so the retry sent nothing)."""
+    run = await world.start()
+    clients = await clients_of(run, NAMES)
+    await run.settle()
+    await run.inbox.accept("t1", [message(MGMT, THERAPIST, "!away on Back Monday", "$away")])
+    await run.settle()
+    client, room = clients[0]
+    world.gateway.flaky = 1
+    await run.inbox.accept("t2", [message(room, client.user_id, "Are you there?", "$q")])
+    await run.handled("$q")
+    assert world.gateway.flaky == 0
+    notices = [s for s in world.gateway.sent if s.room_id == room and MARK in s.content]
+    assert [str(s.content["body"]) for s in notices] == ["On behalf of Dr T: Back Monday"]

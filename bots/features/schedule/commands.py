@@ -98,7 +98,7 @@ class ScheduleCommands:
             await ctx.reply("Usage: !schedule cancel <id>")
             return
         schedule_id = int(ctx.args[1].lstrip("#"))
-        if await self.service.cancel(ctx.sender, schedule_id):
+        if await self.service.cancel(ctx.sender, schedule_id, ctx.event_id):
             await ctx.reply(f"Cancelled #{schedule_id}.")
         else:
             await ctx.reply(f"You have no pending scheduled message #{schedule_id}.")

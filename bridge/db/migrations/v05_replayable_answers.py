@@ -8,7 +8,9 @@ number of used ones. ``asked_by`` is the event that asked, so a replay of the as
 not ask again. The confirmation's prompt (it named clients in full) is no longer stored.
 
 And the outbox gets an index on event_id: catch-up asks which of the events it found are
-Alcove's own sends, so that they are not reported as events the homeserver never delivered."""
+Alcove's own sends, so that they are not reported as events the homeserver never delivered.
+A scheduled message records the event that cancelled it (that event, handled again, gets the
+same answer)."""
 
 from mautrix.util.async_db import Connection, Scheme
 
@@ -52,8 +54,9 @@ async def upgrade_v5(conn: Connection, scheme: Scheme) -> None:
         await conn.execute(f"CREATE INDEX {table}_asked_by ON {table} (asked_by)")
         await conn.execute(f"CREATE INDEX {table}_expires ON {table} (expires_at)")
     await conn.execute("CREATE INDEX outbox_event_id ON outbox (event_id)")
+    await conn.execute("ALTER TABLE scheduled_message ADD COLUMN cancelled_by TEXT")
 
 
 upgrade_table.register(
-    upgrade_v5, description="Answers used by an event, then expired; outbox event id index"
+    upgrade_v5, description="Answers used by an event, then expired; outbox event ids; cancelled_by"
 )
