@@ -397,3 +397,26 @@ async def test_an_away_notice_survives_a_temporary_error(world: World) -> None:
     assert world.gateway.flaky == 0
     notices = [s for s in world.gateway.sent if s.room_id == room and MARK in s.content]
     assert [str(s.content["body"]) for s in notices] == ["On behalf of Dr T: Back Monday"]
+
+
+async def test_a_phrase_handled_again_is_sent_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`!p` sends the phrase (keyed on the command's event) and then removes the command: killed
+    after the removal, the replay sends nothing twice and removes the same event again (the
+    redaction's transaction id is derived from it)."""
+    first = await world.start()
+    clients = await clients_of(first, NAMES)
+    await first.settle()
+    await first.inbox.accept("t1", [message(MGMT, THERAPIST, "!phrase add hi Hello!", "$add")])
+    await first.settle()
+    room = clients[0][1]
+    with monkeypatch.context() as patch:
+        crash_when(patch, world.gateway, "redact", after=True)
+        await world.crash(first, message(room, THERAPIST, "!p hi", "$p"))
+
+    second = await world.start()
+    await second.settle()
+    assert [b for b in world.gateway.bodies(room) if "Hello!" in b] == ["On behalf of Dr T: Hello!"]
+    assert world.gateway.redacted == [(room, "$p"), (room, "$p")]
+    assert await second.inbox.repo.status_of("$p") == DONE
