@@ -277,7 +277,8 @@ class Outbox:
             if e.get("sender") == self.gateway.bot_user_id and isinstance(e.get("event_id"), str)
         }
         own |= await self.repo.known_event_ids([i for i in ids if i not in own])
-        rest = [e for e in events if e.get("event_id") in set(ids) - own]
+        others = set(ids) - own
+        rest = [e for e in events if e.get("event_id") in others]
         if rest:
             pending = await self.repo.pending_senders()
             own |= {
