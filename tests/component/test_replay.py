@@ -420,3 +420,28 @@ async def test_a_phrase_handled_again_is_sent_once(
     assert [b for b in world.gateway.bodies(room) if "Hello!" in b] == ["On behalf of Dr T: Hello!"]
     assert world.gateway.redacted == [(room, "$p"), (room, "$p")]
     assert await second.inbox.repo.status_of("$p") == DONE
+
+
+async def test_session_cancel_killed_before_telling_the_clients(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`!session cancel` dies after the session is cancelled but before its clients are told:
+    the replay tells them (once) and answers "Cancelled", not that there is no such session."""
+    first = await world.start()
+    clients = await clients_of(first, NAMES)
+    await first.settle()
+    book = message(MGMT, THERAPIST, "!session Anna at 2026-11-22 10:00 for 30m", "$book")
+    await first.inbox.accept("t1", [book])
+    await first.settle()
+    (booked,) = world.replies("$book")
+    number = booked.split("#", 1)[1].split(" ", 1)[0]
+    with monkeypatch.context() as patch:
+        crash_when(patch, first.bot.sessions.audit, "record", after=True)
+        await world.crash(first, message(MGMT, THERAPIST, f"!session cancel {number}", "$c"))
+
+    second = await world.start()
+    await second.settle()
+    assert world.replies("$c") == [f"Cancelled session #{number}."]
+    anna_room = clients[0][1]
+    told = [b for b in world.gateway.bodies(anna_room) if "is cancelled" in b]
+    assert len(told) == 1
