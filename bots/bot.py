@@ -96,7 +96,7 @@ class Bot:
             lambda room_id: room_id in self.sessions.room_ids,
         )
         self.awaiting = AwaitingInput(db, clock)
-        confirmations = Confirmations(db, clock)
+        self.confirmations = confirmations = Confirmations(db, clock)
         self.blasts = BlastCommands(
             BlastService(self.conversations, outbox, voice), self.awaiting, confirmations
         )
@@ -145,6 +145,11 @@ class Bot:
 
     async def on_event(self, event: dict[str, Any]) -> None:
         await self.sessions.on_event(event)
+
+    async def housekeep(self) -> int:
+        """Delete expired questions and captured inputs (they hold full names and blast
+        payloads), and used ones once no replay of their answer can come. Returns the count."""
+        return await self.confirmations.forget() + await self.awaiting.forget()
 
     async def on_invite(self, room_id: str, inviter: str, content: dict[str, Any]) -> None:
         """Staff invite the bot: accept (a DM becomes their management room). Others: decline."""
@@ -202,7 +207,7 @@ class Bot:
             return
         if incoming is not None and incoming.edit_of is not None:
             return  # an edit is never the message a command waits for
-        waiting = await self.awaiting.take(room_id, sender)
+        waiting = await self.awaiting.take(room_id, sender, event_id)
         if waiting is not None and waiting[0] == "blast":
             ctx = CommandContext(
                 sender, role, room_id, event_id, "blast", (), "", self.registry, reply

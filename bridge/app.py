@@ -91,7 +91,12 @@ class Alcove:
             cfg.inbox,
         )
         self.catchup = CatchUp(
-            self.gateway.recent_events, self.inbox.repo.received_range, self.inbox, self.clock
+            self.gateway.recent_events,
+            self.inbox.repo.received_range,
+            self.inbox,
+            self.clock,
+            own_events=self.outbox.own_events,
+            bot_user_id=cfg.bot_user_id,
         )
         self.gateway.on_recovered = lambda: self.catchup.request(
             "the homeserver is reachable again"
@@ -155,6 +160,9 @@ class Alcove:
         while True:
             try:
                 await self.inbox.prune()
+                forgotten = await self.bot.housekeep()
+                if forgotten:
+                    log.info("Deleted %d expired or spent confirmations and inputs", forgotten)
             except Exception:
                 log.exception("Housekeeping failed; will try again")
             await self.clock.sleep(HOUSEKEEPING_SECONDS)

@@ -54,6 +54,10 @@ class Inbox:
 
     async def accept(self, txn_id: str, events: list[dict[str, Any]]) -> int:
         """Persist a transaction's room events. Returns how many were new."""
+        return len(await self.offer(txn_id, events))
+
+    async def offer(self, txn_id: str, events: list[dict[str, Any]]) -> list[str]:
+        """``accept``, returning the ids of the events that were new."""
         valid = [
             e
             for e in events
@@ -73,7 +77,7 @@ class Inbox:
             if self._started:
                 for row in new:
                     self._submit(row)
-        return len(new)
+        return [row.event_id for row in new]
 
     async def start(self) -> int:
         """Process what a previous run left unprocessed (in order), then everything new."""

@@ -162,6 +162,25 @@ class OutboxRepo:
             seq,
         )
 
+    async def known_event_ids(self, event_ids: list[str]) -> set[str]:
+        """Those of ``event_ids`` that are messages Alcove sent (the homeserver's answer)."""
+        found: set[str] = set()
+        for start in range(0, len(event_ids), 1000):  # well below the databases' $n limits
+            chunk = event_ids[start : start + 1000]
+            marks = ", ".join(f"${n}" for n in range(1, len(chunk) + 1))
+            rows = await self.db.fetch(
+                f"SELECT event_id FROM outbox WHERE event_id IN ({marks})", *chunk
+            )
+            found |= {str(r["event_id"]) for r in rows}
+        return found
+
+    async def pending_senders(self) -> set[tuple[str, str]]:
+        """(sender, room_id) of every message not yet marked sent."""
+        rows = await self.db.fetch(
+            "SELECT DISTINCT sender, room_id FROM outbox WHERE status = $1", PENDING
+        )
+        return {(str(r["sender"]), str(r["room_id"])) for r in rows}
+
     async def count(self, status: str) -> int:
         return int(await self.db.fetchval("SELECT COUNT(*) FROM outbox WHERE status = $1", status))
 

@@ -286,6 +286,28 @@ class Outbox:
                 if not waiters:
                     self._waiters.pop(key, None)
 
+    async def own_events(self, events: list[dict[str, Any]]) -> set[str]:
+        """The ids of those ``events`` that Alcove itself sent: everything the bot sent, and
+        every message whose event id the outbox recorded. A message the homeserver accepted but
+        whose "sent" mark is not written yet (a resend after a restart, or a mark still in its
+        batch) is still pending in the outbox: an event of the same sender in the same room is
+        taken for it. (The event was read before the outbox, so one or the other holds.)"""
+        ids = [str(e["event_id"]) for e in events if isinstance(e.get("event_id"), str)]
+        own = {
+            str(e["event_id"])
+            for e in events
+            if e.get("sender") == self.gateway.bot_user_id and isinstance(e.get("event_id"), str)
+        }
+        own |= await self.repo.known_event_ids([i for i in ids if i not in own])
+        others = set(ids) - own
+        rest = [e for e in events if e.get("event_id") in others]
+        if rest:
+            pending = await self.repo.pending_senders()
+            own |= {
+                str(e["event_id"]) for e in rest if (e.get("sender"), e.get("room_id")) in pending
+            }
+        return own
+
     async def refresh_metrics(self) -> None:
         self.metrics.outbox_pending.set(await self.repo.count(PENDING))
 

@@ -615,19 +615,26 @@ def confirm(db: Database) -> Confirm:
 
 
 def context(
-    replies: Replies, sender: str = THERAPIST, room_id: str = "!room:test.local"
+    replies: Replies,
+    sender: str = THERAPIST,
+    room_id: str = "!room:test.local",
+    event_id: str = "$cmd",
 ) -> CommandContext:
     return CommandContext(
         sender=sender,
         role="therapist",
         room_id=room_id,
-        event_id="$cmd",
+        event_id=event_id,
         name="group",
         args=(),
         raw_args="",
         registry=CommandRegistry(),
         _reply=replies,
     )
+
+
+def count_open(db: Database) -> Awaitable[int]:
+    return db.fetchval("SELECT COUNT(*) FROM confirmation WHERE used_by IS NULL")
 
 
 async def test_ask_stores_and_prompts(confirm: Confirm, db: Database) -> None:
@@ -640,72 +647,107 @@ async def test_ask_stores_and_prompts(confirm: Confirm, db: Database) -> None:
     assert "Reply !yes" in replies.texts[0]
     assert "!no" in replies.texts[0]
     assert "5 min" in replies.texts[0]
-    assert await db.fetchval("SELECT COUNT(*) FROM confirmation") == 1
+    assert await count_open(db) == 1
     assert confirm.runs == []
 
 
 async def test_yes_runs_the_action_once(confirm: Confirm, db: Database) -> None:
     replies = Replies()
-    ctx = context(replies)
-    await confirm.confirmations.ask(ctx, "test.action", {"client": "@c-1:x", "n": 2}, "Sure?")
-    await confirm.confirmations.yes(ctx)
+    ask = context(replies, event_id="$ask")
+    await confirm.confirmations.ask(ask, "test.action", {"client": "@c-1:x", "n": 2}, "Sure?")
+    await confirm.confirmations.yes(context(replies, event_id="$yes"))
     assert confirm.runs == [(THERAPIST, {"client": "@c-1:x", "n": 2})]
     assert replies.texts[-1] == "done"
-    assert await db.fetchval("SELECT COUNT(*) FROM confirmation") == 0
+    assert await count_open(db) == 0
 
-    await confirm.confirmations.yes(ctx)
+    await confirm.confirmations.yes(context(replies, event_id="$yes-again"))
     assert len(confirm.runs) == 1
     assert "nothing waiting" in replies.texts[-1]
 
 
-async def test_no_cancels(confirm: Confirm) -> None:
+async def test_the_same_yes_handled_again_gets_the_same_payload(
+    confirm: Confirm, db: Database
+) -> None:
+    """The inbox hands an event over at least once: a `!yes` handled again (after a crash
+    between consuming the question and finishing, or a temporary error) must find what it
+    confirmed, not "nothing waiting" — even after a new question was asked meanwhile."""
     replies = Replies()
-    ctx = context(replies)
-    await confirm.confirmations.ask(ctx, "test.action", {}, "Sure?")
-    await confirm.confirmations.no(ctx)
+    await confirm.confirmations.ask(context(replies, event_id="$ask"), "test.action", {"x": 1}, "?")
+    await confirm.confirmations.yes(context(replies, event_id="$yes"))
+    await confirm.confirmations.ask(
+        context(replies, event_id="$ask2"), "test.action", {"x": 2}, "Again?"
+    )
+    await confirm.confirmations.yes(context(replies, event_id="$yes"))  # the replay
+    assert confirm.runs == [(THERAPIST, {"x": 1}), (THERAPIST, {"x": 1})]
+    assert replies.texts[-1] == "done"
+    assert await count_open(db) == 1  # the new question is still open
+    await confirm.confirmations.yes(context(replies, event_id="$yes2"))
+    assert confirm.runs[-1] == (THERAPIST, {"x": 2})
+
+
+async def test_the_asking_event_handled_again_asks_nothing_new(confirm: Confirm) -> None:
+    replies = Replies()
+    ask = context(replies, event_id="$ask")
+    await confirm.confirmations.ask(ask, "test.action", {"x": 1}, "Sure?")
+    await confirm.confirmations.yes(context(replies, event_id="$yes"))
+    await confirm.confirmations.ask(ask, "test.action", {"x": 1}, "Sure?")  # the replay
+    assert replies.texts[-1].startswith("Sure?")
+    await confirm.confirmations.yes(context(replies, event_id="$yes2"))
+    assert confirm.runs == [(THERAPIST, {"x": 1})]
+    assert "nothing waiting" in replies.texts[-1]
+
+
+async def test_no_cancels(confirm: Confirm, db: Database) -> None:
+    replies = Replies()
+    await confirm.confirmations.ask(context(replies, event_id="$ask"), "test.action", {}, "Sure?")
+    await confirm.confirmations.no(context(replies, event_id="$no"))
     assert replies.texts[-1] == "Cancelled."
-    await confirm.confirmations.yes(ctx)
+    await confirm.confirmations.no(context(replies, event_id="$no"))  # the replay
+    assert replies.texts[-1] == "Cancelled."
+    assert await db.fetchval("SELECT payload FROM confirmation WHERE used_by = '$no'") == "{}"
+    await confirm.confirmations.yes(context(replies, event_id="$yes"))
     assert confirm.runs == []
     assert "nothing waiting" in replies.texts[-1]
-    await confirm.confirmations.no(ctx)
+    await confirm.confirmations.no(context(replies, event_id="$no2"))
     assert replies.texts[-1] == "There was nothing to cancel."
 
 
 async def test_expired_question_is_not_run(confirm: Confirm, db: Database) -> None:
     replies = Replies()
-    ctx = context(replies)
-    await confirm.confirmations.ask(ctx, "test.action", {"x": 1}, "Sure?")
+    await confirm.confirmations.ask(context(replies, event_id="$ask"), "test.action", {"x": 1}, "?")
     confirm.clock.advance(301)
-    await confirm.confirmations.yes(ctx)
+    await confirm.confirmations.yes(context(replies, event_id="$yes"))
     assert confirm.runs == []
     assert "nothing waiting" in replies.texts[-1]
     assert await db.fetchval("SELECT COUNT(*) FROM confirmation") == 0
+    await confirm.confirmations.yes(context(replies, event_id="$yes"))  # the replay
+    assert confirm.runs == []
 
 
 async def test_question_within_ttl_is_run(confirm: Confirm) -> None:
     replies = Replies()
-    ctx = context(replies)
-    await confirm.confirmations.ask(ctx, "test.action", {"x": 1}, "Sure?")
+    await confirm.confirmations.ask(context(replies, event_id="$ask"), "test.action", {"x": 1}, "?")
     confirm.clock.advance(299)
-    await confirm.confirmations.yes(ctx)
+    await confirm.confirmations.yes(context(replies, event_id="$yes"))
     assert confirm.runs == [(THERAPIST, {"x": 1})]
 
 
 async def test_questions_are_per_sender_and_room(confirm: Confirm) -> None:
     replies = Replies()
-    await confirm.confirmations.ask(context(replies), "test.action", {"x": 1}, "Sure?")
-    await confirm.confirmations.yes(context(replies, sender=CARE_USER))
-    await confirm.confirmations.yes(context(replies, room_id="!elsewhere:test.local"))
+    await confirm.confirmations.ask(context(replies, event_id="$ask"), "test.action", {"x": 1}, "?")
+    await confirm.confirmations.yes(context(replies, sender=CARE_USER, event_id="$y1"))
+    await confirm.confirmations.yes(
+        context(replies, room_id="!elsewhere:test.local", event_id="$y2")
+    )
     assert confirm.runs == []
-    await confirm.confirmations.yes(context(replies))
+    await confirm.confirmations.yes(context(replies, event_id="$y3"))
     assert confirm.runs == [(THERAPIST, {"x": 1})]
 
 
 async def test_a_new_question_replaces_the_pending_one(confirm: Confirm) -> None:
     replies = Replies()
-    ctx = context(replies)
-    await confirm.confirmations.ask(ctx, "test.action", {"x": 1}, "First?")
-    await confirm.confirmations.ask(ctx, "test.action", {"x": 2}, "Second?")
-    await confirm.confirmations.yes(ctx)
-    await confirm.confirmations.yes(ctx)
+    await confirm.confirmations.ask(context(replies, event_id="$a1"), "test.action", {"x": 1}, "1?")
+    await confirm.confirmations.ask(context(replies, event_id="$a2"), "test.action", {"x": 2}, "2?")
+    await confirm.confirmations.yes(context(replies, event_id="$y1"))
+    await confirm.confirmations.yes(context(replies, event_id="$y2"))
     assert confirm.runs == [(THERAPIST, {"x": 2})]

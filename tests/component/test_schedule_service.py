@@ -487,19 +487,21 @@ async def test_cancel_only_cancels_the_therapists_own_pending_rows(world: World)
     mine = await world.create(due, "$mine")
     theirs = await world.create(due, "$theirs", therapist=OTHER_THERAPIST)
 
-    assert await world.service.cancel(OTHER_THERAPIST, mine.id) is False
+    assert await world.service.cancel(OTHER_THERAPIST, mine.id, "$c0") is False
     assert (await world.row(mine.id)).status == PENDING
     assert f"sched:{mine.id}" in world.timers.armed
     assert world.timers.cancelled == []
 
-    assert await world.service.cancel(THERAPIST, mine.id) is True
+    assert await world.service.cancel(THERAPIST, mine.id, "$c1") is True
     stored = await world.row(mine.id)
     assert stored.status == CANCELLED
     assert stored.content == {}
     assert f"sched:{mine.id}" not in world.timers.armed
     assert world.timers.cancelled == [f"sched:{mine.id}"]
-    assert await world.service.cancel(THERAPIST, mine.id) is False
-    assert await world.service.cancel(THERAPIST, 999999) is False
+    assert await world.service.cancel(THERAPIST, mine.id, "$c2") is False
+    assert await world.service.cancel(THERAPIST, 999999, "$c3") is False
+    # The same command handled again (a crash before its reply): the same answer.
+    assert await world.service.cancel(THERAPIST, mine.id, "$c1") is True
 
     assert (await world.row(theirs.id)).status == PENDING
     assert await world.service.repo.pending() == [theirs]
@@ -516,7 +518,7 @@ async def test_a_sent_message_cannot_be_cancelled(world: World) -> None:
     row = await world.create(due, "$s1")
     world.advance_to(due)
     await world.service.fire(row.id)
-    assert await world.service.cancel(THERAPIST, row.id) is False
+    assert await world.service.cancel(THERAPIST, row.id, "$c") is False
     assert (await world.row(row.id)).status == DONE
 
 
@@ -530,7 +532,7 @@ async def test_start_rearms_every_pending_row(build: Build) -> None:
     c = await first.create(START + timedelta(hours=3), "$c", therapist=OTHER_THERAPIST)
     cancelled = await first.create(START + timedelta(hours=4), "$cancelled")
     done = await first.create(START + timedelta(minutes=1), "$done")
-    assert await first.service.cancel(THERAPIST, cancelled.id)
+    assert await first.service.cancel(THERAPIST, cancelled.id, "$cancel")
     first.advance_to(START + timedelta(minutes=1))
     await first.service.fire(done.id)
 

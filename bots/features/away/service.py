@@ -11,6 +11,7 @@ from mautrix.util.async_db import Database
 
 from bridge.clock import Clock, ms
 from bridge.config import Config
+from bridge.db.database import transaction
 from bridge.matrix.outbox import Outbox
 
 from ..conversations.repo import DM, Room
@@ -84,22 +85,27 @@ class AwayService:
         text = await self.reply_text(room.therapist_id)
         if text is None:
             return
-        now = ms(self.clock)
-        window = int(self.config.away.throttle_hours * 3600 * 1000)
-        claimed = await self.db.fetchval(
-            "INSERT INTO auto_reply (room_id, sent_at) VALUES ($1, $2)"
-            " ON CONFLICT (room_id) DO UPDATE SET sent_at = $2"
-            " WHERE auto_reply.sent_at < $3 RETURNING room_id",
-            room.room_id,
-            now,
-            now - window,
-        )
-        if claimed is None:
-            return  # answered within the throttle window
+        # Who speaks is asked of the homeserver first: the throttle claim and the notice are
+        # then committed together, so a failure or a crash in between cannot leave the window
+        # claimed with no notice sent (the replayed event would find it claimed).
         speaker = await self.voice.speaker(room.therapist_id)
         body = self.voice.content(
             room.therapist_id, speaker, {"msgtype": "m.notice", "body": text}, automated=True
         )
-        await self.outbox.send(
-            f"away:{event['event_id']}", speaker, room.room_id, {**body, MARK: True}
-        )
+        now = ms(self.clock)
+        window = int(self.config.away.throttle_hours * 3600 * 1000)
+        async with transaction(self.db):
+            claimed = await self.db.fetchval(
+                "INSERT INTO auto_reply (room_id, sent_at) VALUES ($1, $2)"
+                " ON CONFLICT (room_id) DO UPDATE SET sent_at = $2"
+                " WHERE auto_reply.sent_at < $3 RETURNING room_id",
+                room.room_id,
+                now,
+                now - window,
+            )
+            if claimed is None:
+                return  # answered within the throttle window
+            row, _ = await self.outbox.prepare(
+                f"away:{event['event_id']}", speaker, room.room_id, {**body, MARK: True}
+            )
+        self.outbox.submit(row)

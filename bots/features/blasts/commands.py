@@ -48,7 +48,7 @@ class BlastCommands:
         text: str = ctx.values["message"] or ""
         if not text:
             await self.awaiting.expect(
-                ctx.room_id, ctx.sender, "blast", {"audience": audience_spec}
+                ctx.room_id, ctx.sender, "blast", {"audience": audience_spec}, ctx.event_id
             )
             await ctx.reply(
                 f"Send the message for {len(clients)} clients now (text, image, file or voice). "

@@ -5,6 +5,7 @@ crash sends nothing twice, and failures are retried by the outbox."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,21 +95,26 @@ class BlastService:
         rows = []
         async with transaction(self.outbox.repo.db):
             for client, room_id in rooms:
-                row, _ = await self.outbox.prepare(
+                row, new = await self.outbox.prepare(
                     f"blast:{origin}:{client.user_id}", speaker, room_id, body
                 )
-                rows.append((client, row))
-        waits = []
-        for client, row in rows:
-            if row.status == "pending":
+                rows.append((client, row, new))
+        waits: list[tuple[Client, Awaitable[OutboxRow]]] = []
+        for client, row, new in rows:
+            if row.status == "pending" and new:
                 waits.append((client, self.outbox.expect(row.key)))
                 self.outbox.submit(row)
+            elif row.status == "pending":
+                # Written by an earlier run of the same command (a replay after a crash or a
+                # temporary error) and already with the outbox: it may be delivered at any
+                # moment, so wait() registers first and then reads the row.
+                waits.append((client, self.outbox.wait(row.key, WAIT_SECONDS)))
             elif row.status == "sent":  # a re-run after a crash: already delivered
                 result.delivered.append(client)
             else:
                 result.failed.append((client, row.error or "not accepted"))
 
-        async def outcome(client: Client, fut: asyncio.Future[OutboxRow]) -> None:
+        async def outcome(client: Client, fut: Awaitable[OutboxRow]) -> None:
             try:
                 row = await asyncio.wait_for(fut, WAIT_SECONDS)
             except TimeoutError:

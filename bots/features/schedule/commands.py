@@ -99,7 +99,7 @@ class ScheduleCommands:
 
     async def _cancel(self, ctx: CommandContext) -> None:
         schedule_id: int = ctx.values["id"]
-        if await self.service.cancel(ctx.sender, schedule_id):
+        if await self.service.cancel(ctx.sender, schedule_id, ctx.event_id):
             await ctx.reply(f"Cancelled #{schedule_id}.")
         else:
             await ctx.reply(f"You have no pending scheduled message #{schedule_id}.")

@@ -141,13 +141,18 @@ class ScheduleRepo:
             )
         return got is not None
 
-    async def cancel(self, schedule_id: int, therapist_id: str) -> bool:
+    async def cancel(self, schedule_id: int, therapist_id: str, event_id: str) -> bool:
+        """Cancel a pending message of this therapist, recording the command's event. True also
+        when this same event cancelled it before: the command handled again (after a crash
+        before its reply) must not answer that there is no such message."""
         got = await self.db.fetchval(
-            "UPDATE scheduled_message SET status = $1, content = '{}' WHERE id = $2"
-            " AND therapist_id = $3 AND status = $4 RETURNING id",
+            "UPDATE scheduled_message SET status = $1, content = '{}', cancelled_by = $5"
+            " WHERE id = $2 AND therapist_id = $3"
+            " AND (status = $4 OR (status = $1 AND cancelled_by = $5)) RETURNING id",
             CANCELLED,
             schedule_id,
             therapist_id,
             PENDING,
+            event_id,
         )
         return got is not None

@@ -146,6 +146,9 @@ class SessionService(SessionEnding):
         session = await self.repo.get(session_id)
         if session is None or session.therapist_id != therapist:
             return False
+        if session.status == CANCELLED:  # the same !session cancel handled again (a replay)
+            await self._tell_cancelled(session)  # keyed: told once, even if it got this far
+            return True
         if session.status not in (SCHEDULED, PREPARED):
             return False
         self._disarm(session_id)
@@ -158,14 +161,17 @@ class SessionService(SessionEnding):
                 await self.repo.update(session_id, status=CANCELLED)
             # else: the purge is being retried (status ending) and is never dropped
         await self.audit.record(therapist, "session.cancelled", None, None, session=session_id)
+        await self._tell_cancelled(session)
+        return True
+
+    async def _tell_cancelled(self, session: Session) -> None:
         for client_id in session.clients:
-            dm = await self.conversations.repo.dm_of(therapist, client_id)
+            dm = await self.conversations.repo.dm_of(session.therapist_id, client_id)
             await self._tell(
-                f"session-cancelled:{session_id}:{client_id}",
+                f"session-cancelled:{session.id}:{client_id}",
                 dm.room_id if dm else None,
                 f"The text-only session booked for {self.local(session.start_at)} is cancelled.",
             )
-        return True
 
     # ------------------------------------------------------------------ the room
 

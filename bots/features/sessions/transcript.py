@@ -72,8 +72,14 @@ class Transcripts:
         waiting_for, consents, expires = pending
         if user not in waiting_for:
             return "Only the other participants are asked for consent."
-        if consent and user in consents and any(u not in consents for u in waiting_for):
+        agreed = all(u in consents for u in waiting_for)
+        if consent and user in consents and not agreed:
             return "Thank you, your consent is recorded."
+        if consent and agreed:
+            # Everyone had agreed, yet the request is still here: the last !consent failed or
+            # was killed while delivering, and this is it handled again. Deliver what was
+            # agreed (once), without stamping a new consent or looking at the expiry.
+            return await self._agreed(session, consents, expires)
         if expires < ms(self.sessions.clock):
             return "That transcript request has expired."
         audit = self.sessions.audit
@@ -90,9 +96,13 @@ class Transcripts:
         missing = [u for u in waiting_for if u not in consents]
         if missing:
             return f"Thank you. Waiting for {len(missing)} more participant(s)."
+        return await self._agreed(session, consents, expires)
+
+    async def _agreed(self, session: Session, consents: dict[str, int], expires: int) -> str:
         # Delivered first, forgotten after: if the upload fails, the consents are still on
-        # record and the retried !consent delivers (the message key dedupes a second send).
-        await self._deliver(session, consents)
+        # record and the retried !consent delivers (the message key, one per request, dedupes
+        # a second send).
+        await self._deliver(session, consents, f"transcript:{session.id}:{expires}")
         await self.sessions.repo.drop_transcript_request(session.id)
         self.sessions.timers.cancel(f"session:{session.id}:transcript")
         return "Everyone agreed: the transcript was sent to the therapist."
@@ -137,7 +147,9 @@ class Transcripts:
             lines.append(f"{when:%H:%M} {who}: {body}")
         return ("\n".join(lines) + "\n").encode()
 
-    async def _deliver(self, session: Session, consents: dict[str, int]) -> None:
+    async def _deliver(self, session: Session, consents: dict[str, int], key: str) -> None:
+        if await self.sessions.outbox.repo.get(key) is not None:
+            return  # delivered before (this is a retry): no second file, no stray upload
         data = await self.render(session)
         digest = hashlib.sha256(data).hexdigest()
         uri = await self.sessions.gateway.upload(
@@ -147,7 +159,7 @@ class Transcripts:
         if mgmt is None:
             raise RuntimeError("the therapist has no management room for the transcript")
         await self.sessions.outbox.send(
-            f"transcript:{session.id}:{digest}",
+            key,
             self.sessions.bot,
             mgmt,
             {

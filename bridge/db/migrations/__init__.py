@@ -17,6 +17,7 @@ from . import (  # noqa: E402,F401  (import order is version order)
     v05_audit_truncate,
     v06_command_runs,
     v07_session_rooms_and_media,
+    v08_replayable_answers,
 )
 
 __all__ = ["upgrade_table"]
