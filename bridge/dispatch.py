@@ -10,11 +10,13 @@ log = logging.getLogger("alcove.dispatch")
 
 
 class EventSink(Protocol):
-    async def on_invite(self, room_id: str, inviter: str, content: dict[str, Any]) -> None: ...
+    async def on_invite(self, event: dict[str, Any]) -> None: ...
 
     async def on_member(self, event: dict[str, Any]) -> None: ...
 
     async def on_message(self, event: dict[str, Any]) -> None: ...
+
+    async def on_encrypted(self, event: dict[str, Any]) -> None: ...
 
 
 class Dispatcher:
@@ -32,7 +34,7 @@ class Dispatcher:
             content = event.get("content") or {}
             if event.get("state_key") == self.bot_user_id:
                 if content.get("membership") == "invite":
-                    await self.sink.on_invite(event["room_id"], sender, content)
+                    await self.sink.on_invite(event)
                 return
             if sender != self.bot_user_id:
                 await self.sink.on_member(event)
@@ -41,3 +43,6 @@ class Dispatcher:
             if sender == self.bot_user_id:
                 return  # our own echo
             await self.sink.on_message(event)
+            return
+        if etype == "m.room.encrypted" and sender != self.bot_user_id:
+            await self.sink.on_encrypted(event)  # Alcove cannot decrypt yet: never silent

@@ -34,6 +34,7 @@ class CommandRouter:
         room_id: str,
         event_id: str,
         reply: Callable[[str], Awaitable[None]],
+        reply_private: Callable[[str], Awaitable[None]] | None = None,
     ) -> bool:
         """Run a command message. Returns False if the body is not a command."""
         parsed = parse_command(body)
@@ -70,6 +71,7 @@ class CommandRouter:
             raw_args=parsed.raw_args,
             registry=self.registry,
             _reply=reply,
+            _private=reply_private,
         )
         try:
             await spec.handler(ctx)

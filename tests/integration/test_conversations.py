@@ -96,7 +96,7 @@ async def test_one_to_one_conversation(
 
     # A password is never sent outside the management room.
     await therapist.send_text(jane.room_id, "!client add Someone Else")
-    await therapist.wait_for(from_bot(jane.room_id, "in your direct chat with me"))
+    await therapist.wait_for(from_bot(jane.room_id, "in your management room with me"))
 
     actions = [r["action"] for r in await alcove_db.fetch("SELECT action FROM audit ORDER BY id")]
     for expected in ("client.created", "room.created", "title.changed", "command.refused"):

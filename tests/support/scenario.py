@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -35,9 +38,26 @@ def from_bot(room: str, contains: str) -> Any:
     return match
 
 
-async def management_room(therapist: MatrixUser) -> str:
-    room = await therapist.create_dm(BOT)
-    await wait_joined(therapist, room, BOT)
+async def management_room(staff: MatrixUser, timeout: float = 15.0) -> str:
+    """The management room Alcove created for this staff member at start-up: the newest room
+    with the bot in their ``m.direct`` (Alcove marks it there, as them, and joins them)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, direct = await staff.raw(
+            "GET", f"/_matrix/client/v3/user/{quote(staff.user_id)}/account_data/m.direct"
+        )
+        rooms = direct.get(BOT, []) if status == 200 else []
+        if rooms and rooms[-1] in await staff.joined_rooms():
+            return str(rooms[-1])
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no management room for {staff.user_id}: {status} {direct}")
+        await asyncio.sleep(0.1)
+
+
+async def open_dm_with_bot(staff: MatrixUser) -> str:
+    """A DM the staff member opens with the bot themselves (not their management room)."""
+    room = await staff.create_dm(BOT)
+    await wait_joined(staff, room, BOT)
     return room
 
 

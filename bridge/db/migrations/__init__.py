@@ -14,6 +14,7 @@ from . import (  # noqa: E402,F401  (import order is version order)
     v02_conversations,
     v03_therapist_tools,
     v04_sessions,
+    v09_management_rooms,
 )
 
 __all__ = ["upgrade_table"]
