@@ -17,6 +17,7 @@ from tests.support.matrix_client import MatrixUser
 from tests.support.scenario import (
     THERAPIST,
     add_client,
+    assert_no_full_names,
     from_bot,
     login,
     management_room,
@@ -225,6 +226,13 @@ async def test_community_chat_initials_removal_and_history(
     await therapist.send_text(mgmt, "!group list")
     listing = await therapist.wait_for(from_bot(mgmt, "Your community chats"))
     assert "Tuesday circle (2 clients)" in listing["content"]["body"]
+
+    # What the clients can read in the group (read through the API, as each of them) names
+    # nobody by full name: Alcove's confirmations and answers there use initials only.
+    names = ["Alice Ames", "Bob Brown", "Cara Cole"]
+    for viewer, own in ((bob, "Bob Brown"), (cara, "Cara Cole")):
+        others = [n for n in names if n != own]
+        await assert_no_full_names(viewer, room, others, except_self_renames=True)
 
     actions = [r["action"] for r in await alcove_db.fetch("SELECT action FROM audit ORDER BY id")]
     assert actions.count("member.added") == 3
