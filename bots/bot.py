@@ -208,8 +208,13 @@ class Bot:
                     f"reply:{event_id}:{replies}", self.gateway.bot_user_id, room_id, notice(part)
                 )
 
+        private_parts = 0
+
         async def reply_private(text: str) -> None:
-            await self._reply_private(sender, room_id, event_id, text, reply)
+            nonlocal private_parts
+            private_parts = await self._reply_private(
+                sender, room_id, event_id, text, reply, private_parts
+            )
 
         role = await self.role_of(sender)
         if role == "client":
@@ -245,26 +250,30 @@ class Bot:
             await self.blasts.capture(ctx, waiting[1], content)
 
     async def _reply_private(
-        self, sender: str, room_id: str, event_id: str, text: str, reply: Reply
-    ) -> None:
+        self, sender: str, room_id: str, event_id: str, text: str, reply: Reply, sent: int
+    ) -> int:
         """The reply policy: what names a client or lists clients is said only in the sender's
-        management room; typed anywhere else, the room gets a one-line pointer."""
+        management room; typed anywhere else, the room gets a one-line pointer. ``sent``: parts
+        already sent privately for this event (their outbox keys go on from there); returns
+        the new count."""
         mgmt = await self.management.room_for(sender)
         if mgmt is None and self.config.staff_member(sender) is not None:
             mgmt = await self.management.ensure(sender)
         if mgmt == room_id:
             await reply(text)
-            return
+            return sent
         if mgmt is None:
             await reply(
                 "I can only answer that in your management room with me, and you have none."
             )
-            return
-        for n, part in enumerate(split_text(text), 1):
+            return sent
+        for part in split_text(text):
+            sent += 1
             await self.outbox.send(
-                f"private:{event_id}:{n}", self.gateway.bot_user_id, mgmt, notice(part)
+                f"private:{event_id}:{sent}", self.gateway.bot_user_id, mgmt, notice(part)
             )
         await reply(f"I answered in your management room: {link(mgmt)}")
+        return sent
 
 
 def invited_encrypted(event: dict[str, Any]) -> bool:

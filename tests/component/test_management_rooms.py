@@ -13,6 +13,8 @@ import pytest
 from mautrix.util.async_db import Database
 
 from bots.bot import Bot
+from bots.commands.context import CommandContext
+from bots.commands.spec import CommandSpec
 from bots.features.conversations.repo import GROUP, Client, Room
 from bridge.config import Config
 from bridge.db.outbox_repo import DeviceRepo, OutboxRepo
@@ -359,3 +361,15 @@ async def test_strangers_are_declined_without_joining(world: World) -> None:
     assert (BOT, "!spam:test.local") in world.gateway.left
     assert (BOT, "!spam:test.local") not in world.gateway.joined
     assert await world.bodies("!spam:test.local") == []
+
+
+async def test_every_private_reply_of_one_command_arrives(world: World) -> None:
+    async def twice(ctx: CommandContext) -> None:
+        await ctx.reply_private("first about Jane Doe")
+        await ctx.reply_private("second about Jane Doe")
+
+    world.bot.registry.add(CommandSpec("twice", twice, "test", roles=("therapist",)))
+    mgmt = await world.mgmt()
+    await world.say(GROUP_ROOM, "!twice")
+    assert (await world.bodies(mgmt))[-2:] == ["first about Jane Doe", "second about Jane Doe"]
+    assert all("Jane" not in b for b in await world.bodies(GROUP_ROOM))
