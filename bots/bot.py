@@ -256,9 +256,10 @@ class Bot:
         management room; typed anywhere else, the room gets a one-line pointer. ``sent``: parts
         already sent privately for this event (their outbox keys go on from there); returns
         the new count."""
-        mgmt = await self.management.room_for(sender)
-        if mgmt is None and self.config.staff_member(sender) is not None:
-            mgmt = await self.management.ensure(sender)
+        if self.config.staff_member(sender) is not None:
+            mgmt = await self.management.ensure(sender)  # replaced if they left it
+        else:
+            mgmt = await self.management.room_for(sender)
         if mgmt == room_id:
             await reply(text)
             return sent

@@ -195,13 +195,18 @@ async def test_send_secret_checks_members_at_send_time(world: World) -> None:
     mgmt = await world.mgmt()
     management = world.bot.management
     assert await management.send_secret(THERAPIST, "s1", {"body": "one"}) is None
-    world.gateway.memberships[mgmt] = {THERAPIST: "leave", BOT: "join"}
-    problem = await management.send_secret(THERAPIST, "s2", {"body": "two"})
-    assert problem is not None and "no longer in your management room" in problem
     world.gateway.memberships[mgmt] = {THERAPIST: "join", BOT: "join", CARE: "join"}
-    problem = await management.send_secret(THERAPIST, "s3", {"body": "three"})
+    problem = await management.send_secret(THERAPIST, "s2", {"body": "two"})
     assert problem is not None and "1 other member(s)" in problem
-    assert await world.bodies(mgmt) == [(await world.bodies(mgmt))[0], "one"]
+    assert (await world.bodies(mgmt))[1:] == ["one"]
+
+    # Left by the staff member: a new room first, and the secret goes there.
+    world.gateway.memberships[mgmt] = {THERAPIST: "leave", BOT: "join", CARE: "join"}
+    assert await management.send_secret(THERAPIST, "s3", {"body": "three"}) is None
+    renewed = await world.mgmt()
+    assert renewed != mgmt
+    assert (await world.bodies(renewed))[-1] == "three"
+    assert (await world.bodies(mgmt))[1:] == ["one"]
 
 
 async def added_client(world: World) -> tuple[str, str]:

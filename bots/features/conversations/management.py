@@ -117,7 +117,7 @@ class ManagementRooms:
             notice(welcome + self.help_text(role.role if role else "therapist")),
         )
         if row is not None and row[0] != room_id:
-            await self._tell_moved(row[0], room_id)
+            await self._tell_moved(staff, row[0], room_id)
         return room_id
 
     async def _still_there(self, room_id: str, staff: str) -> bool:
@@ -149,12 +149,13 @@ class ManagementRooms:
                 staff, "m.direct", {**current, self.bot: [*rooms, room_id]}
             )
 
-    async def _tell_moved(self, old: str, new: str) -> None:
+    async def _tell_moved(self, staff: str, old: str, new: str) -> None:
+        """A management room from before v9 (a DM the staff member opened) still in use."""
         try:
             members = await self.gateway.room_members(old)
         except MatrixSendError:
             return
-        if members.get(self.bot) == "join":
+        if members.get(self.bot) == "join" and members.get(staff) == "join":
             await self.outbox.send(
                 f"mgmt-moved:{old}:{new}",
                 self.bot,
@@ -168,12 +169,13 @@ class ManagementRooms:
     # ------------------------------------------------------------------ secrets
 
     async def private_problem(self, staff: str) -> str | None:
-        """Why a secret cannot go to the staff member's management room now, or None."""
-        room = await self.room_for(staff)
+        """Why a secret cannot go to the staff member's management room now, or None. A room
+        they left is replaced first (``ensure``)."""
+        room = await self.ensure(staff)
         if room is None:
             return (
-                "I did not send it: you have no management room with me yet (I create one at "
-                "start-up for everyone on the staff list)."
+                "I did not send it: I could not set up a management room for you (is your "
+                "account on this homeserver?)."
             )
         members = {u for u, m in (await self.gateway.room_members(room)).items() if m in PRESENT}
         if members == {staff, self.bot}:
@@ -184,13 +186,13 @@ class ManagementRooms:
         log.warning("Withheld a secret: management room %s of %s is not private", room, staff)
         if staff not in members:
             return (
-                "I did not send it: you are no longer in your management room with me. "
-                "I will open a new one at my next start."
+                "I did not send it: you are not in your management room with me; accept its "
+                "invite first."
             )
         return (
             f"I did not send it: your management room with me ({link(room)}) must hold only "
             f"you and me, and {others} other member(s) are in it or invited. Ask an admin to "
-            "remove them, or leave that room and I will open a new one at my next start."
+            "remove them, or leave that room and I will open a new one."
         )
 
     async def send_secret(
