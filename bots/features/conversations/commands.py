@@ -167,7 +167,7 @@ class ConversationCommands:
                 clients.append(client)
         room = await self.service.create_group(ctx.sender, title, clients, ctx.event_id)
         names = ", ".join(c.initials for c in clients)
-        await ctx.reply(
+        await ctx.reply_private(  # it lists clients (by initials): not for another group
             f"Created {title!r} with {names}: https://matrix.to/#/{room.room_id}\n"
             "Clients see each other only by initials; new members do not see earlier messages."
         )
