@@ -21,7 +21,7 @@ from bridge.timers import Timers
 from .bot_types import notice, split_text
 from .commands.awaiting import AwaitingInput
 from .commands.confirm import Confirmations
-from .commands.context import CommandContext
+from .commands.context import CommandContext, Reply
 from .commands.incoming import Incoming, read_message
 from .commands.registry import CommandRegistry
 from .commands.router import CommandRouter
@@ -32,6 +32,7 @@ from .features.blasts.commands import BlastCommands
 from .features.blasts.service import BlastService
 from .features.conversations.commands import ConversationCommands
 from .features.conversations.governance import RoomGovernance
+from .features.conversations.management import ManagementRooms, link
 from .features.conversations.repo import ConversationRepo
 from .features.conversations.service import ConversationService
 from .features.core.commands import COMMANDS as CORE_COMMANDS
@@ -67,8 +68,12 @@ class Bot:
         self.audit = AuditLog(db, clock)
         rooms = ConversationRepo(db)
         voice = TherapistVoice(config, gateway)
+        self.metrics = metrics
+        self.management = ManagementRooms(
+            config, gateway, outbox, rooms, self.audit, clock, voice, self.timers, metrics
+        )
         self.conversations = ConversationService(
-            config, gateway, outbox, rooms, self.audit, clock, voice
+            config, gateway, outbox, rooms, self.audit, clock, voice, self.management
         )
         self.schedule = ScheduleService(
             config, db, outbox, voice, self.timers, clock, self.conversations.management_room_for
@@ -115,6 +120,7 @@ class Bot:
             ]
         )
         self.router = CommandRouter(self.registry, on_refused=self._refused, runs=CommandRuns(db))
+        self.management.help_text = self.registry.help_text
 
     async def _next_session(self, therapist: str, client_id: str) -> str | None:
         found = await self.sessions.repo.next_for_client(therapist, client_id, ms(self.clock))
@@ -138,9 +144,12 @@ class Bot:
         await self.sessions.start()
 
     async def start(self) -> None:
-        """Start-up work: scheduled messages are re-armed; staff rooms follow the config."""
+        """Start-up work: scheduled messages are re-armed; every staff member has their
+        management room; staff rooms follow the config; secrets still readable are checked."""
         self.timers.start()
         await self.schedule.start()
+        await self.management.ensure_all()
+        await self.management.start()
         await self.conversations.reconcile_staff_rooms()
 
     async def on_event(self, event: dict[str, Any]) -> None:
@@ -151,16 +160,31 @@ class Bot:
         payloads), and used ones once no replay of their answer can come. Returns the count."""
         return await self.confirmations.forget() + await self.awaiting.forget()
 
-    async def on_invite(self, room_id: str, inviter: str, content: dict[str, Any]) -> None:
-        """Staff invite the bot: accept (a DM becomes their management room). Others: decline."""
+    async def on_invite(self, event: dict[str, Any]) -> None:
+        """Staff invite the bot: accept (a DM takes commands but never becomes the management
+        room; an encrypted room is told once that Alcove cannot read it). A managed client's
+        DM is answered once, then left. Anyone else: decline."""
+        room_id, inviter = event["room_id"], event["sender"]
         if self.config.staff_member(inviter) is None:
+            client = await self.conversations.repo.client(inviter)
+            if client is not None:
+                log.info("Answering a DM from client %s, then leaving it", inviter)
+                await self.management.answer_client_dm(room_id, client)
+                return
             log.info("Declining an invite from %s, who is not on the staff list", inviter)
             await self.gateway.leave_room(self.gateway.bot_user_id, room_id)
             return
         await self.gateway.join_room(self.gateway.bot_user_id, room_id)
-        if content.get("is_direct"):
-            await self.conversations.note_management_room(inviter, room_id)
         log.info("Joined %s on the invite of %s", room_id, inviter)
+        if invited_encrypted(event) or await self.gateway.get_state(room_id, "m.room.encryption"):
+            await self.management.cannot_read(room_id, inviter, "invite")
+            return
+        if (event.get("content") or {}).get("is_direct"):
+            await self.management.staff_dm(room_id, inviter)
+
+    async def on_encrypted(self, event: dict[str, Any]) -> None:
+        """An encrypted event: Alcove cannot read it (yet). Said once per room, never silent."""
+        await self.management.cannot_read(event["room_id"], event["sender"], "message")
 
     async def on_member(self, event: dict[str, Any]) -> None:
         """Membership changes Alcove did not make: invites, departures, joins, renames."""
@@ -196,11 +220,27 @@ class Bot:
                     {**notice(part), **answer_relation(incoming, event_id)},
                 )
 
+        private_parts = 0
+
+        async def reply_private(text: str) -> None:
+            nonlocal private_parts
+            private_parts = await self._reply_private(
+                sender, room_id, event_id, text, reply, private_parts
+            )
+
         role = await self.role_of(sender)
+        if role == "client":
+            await self.management.client_active(sender)
         if is_command:
             assert incoming is not None
             await self.router.handle(
-                incoming, sender=sender, role=role, room_id=room_id, event_id=event_id, reply=reply
+                incoming,
+                sender=sender,
+                role=role,
+                room_id=room_id,
+                event_id=event_id,
+                reply=reply,
+                reply_private=reply_private,
             )
             return
         if role not in ("therapist", "care", "admin") or content["msgtype"] == "m.notice":
@@ -210,9 +250,45 @@ class Bot:
         waiting = await self.awaiting.take(room_id, sender, event_id)
         if waiting is not None and waiting[0] == "blast":
             ctx = CommandContext(
-                sender, role, room_id, event_id, "blast", (), "", self.registry, reply
+                sender,
+                role,
+                room_id,
+                event_id,
+                "blast",
+                (),
+                "",
+                self.registry,
+                reply,
+                _private=reply_private,
             )
             await self.blasts.capture(ctx, waiting[1], content)
+
+    async def _reply_private(
+        self, sender: str, room_id: str, event_id: str, text: str, reply: Reply, sent: int
+    ) -> int:
+        """The reply policy: what names a client or lists clients is said only in the sender's
+        management room; typed anywhere else, the room gets a one-line pointer. ``sent``: parts
+        already sent privately for this event (their outbox keys go on from there); returns
+        the new count."""
+        if self.config.staff_member(sender) is not None:
+            mgmt = await self.management.ensure(sender)  # replaced if they left it
+        else:
+            mgmt = await self.management.room_for(sender)
+        if mgmt == room_id:
+            await reply(text)
+            return sent
+        if mgmt is None:
+            await reply(
+                "I can only answer that in your management room with me, and you have none."
+            )
+            return sent
+        for part in split_text(text):
+            sent += 1
+            await self.outbox.send(
+                f"private:{event_id}:{sent}", self.gateway.bot_user_id, mgmt, notice(part)
+            )
+        await reply(f"I answered in your management room: {link(mgmt)}")
+        return sent
 
 
 def answer_relation(incoming: Incoming | None, event_id: str) -> dict[str, Any]:
@@ -231,3 +307,10 @@ def answer_relation(incoming: Incoming | None, event_id: str) -> dict[str, Any]:
             }
         }
     return {"m.relates_to": in_reply_to}
+
+
+def invited_encrypted(event: dict[str, Any]) -> bool:
+    """The invite's stripped room state says the room is end-to-end encrypted."""
+    unsigned = event.get("unsigned") or {}
+    state = unsigned.get("invite_room_state") or []
+    return any(isinstance(e, dict) and e.get("type") == "m.room.encryption" for e in state)

@@ -460,7 +460,8 @@ def element_instructions(stack: dict[str, Any]) -> str:
         lines.append(f"  {user['user_id']:<28} password {user['password']}   ({user['role']})")
     lines += [
         "",
-        f"Start a DM with {stack['bot_user_id']} and send !ping or !help.",
+        "Your management room with the bot, 'Alcove', is already in your room list: send",
+        "!ping or !help there.",
         "Ctrl-C stops Alcove and Synapse; running `alcove dev` again reuses the same state.",
         "",
     ]

@@ -15,11 +15,13 @@ class EventSink(Protocol):
     async def on_event(self, event: dict[str, Any]) -> None:
         """Every event, before it is routed (text-only sessions record media here)."""
 
-    async def on_invite(self, room_id: str, inviter: str, content: dict[str, Any]) -> None: ...
+    async def on_invite(self, event: dict[str, Any]) -> None: ...
 
     async def on_member(self, event: dict[str, Any]) -> None: ...
 
     async def on_message(self, event: dict[str, Any]) -> None: ...
+
+    async def on_encrypted(self, event: dict[str, Any]) -> None: ...
 
 
 class Dispatcher:
@@ -38,7 +40,7 @@ class Dispatcher:
             content = event.get("content") or {}
             if event.get("state_key") == self.bot_user_id:
                 if content.get("membership") == "invite":
-                    await self.sink.on_invite(event["room_id"], sender, content)
+                    await self.sink.on_invite(event)
                 return
             if sender != self.bot_user_id:
                 await self.sink.on_member(event)
@@ -50,6 +52,9 @@ class Dispatcher:
                 log.debug("%s is Alcove's own message sent as %s", event.get("event_id"), sender)
                 return
             await self.sink.on_message(event)
+            return
+        if etype == "m.room.encrypted" and sender != self.bot_user_id:
+            await self.sink.on_encrypted(event)  # Alcove cannot decrypt yet: never silent
 
     def _automated(self, event: dict[str, Any], sender: str) -> bool:
         """Alcove's own message sent as a staff member (scheduled, blast, phrase, welcome,

@@ -56,3 +56,15 @@ class Metrics:
             "Text-only sessions that ended but are not purged yet",
             registry=r,
         )
+        self.encrypted_unreadable = Counter(
+            "alcove_encrypted_unreadable_total",
+            "Encrypted rooms Alcove was invited to, and encrypted events it received, that it "
+            "cannot read (it says so once per room)",
+            ["source"],
+            registry=r,
+        )
+        self.secrets_withheld = Counter(
+            "alcove_secrets_withheld_total",
+            "Secrets not delivered because a management room held someone else",
+            registry=r,
+        )

@@ -25,14 +25,19 @@ Handler = Callable[["CommandContext"], Awaitable[None]]
 
 
 class UserError(Exception):
-    """Something the sender can fix; shown to them as it is. The command did not run."""
+    """Something the sender can fix; shown to them as it is. The command did not run.
+    ``private``: the text names a client, so it is said only in the sender's management room."""
+
+    def __init__(self, message: str = "", *, private: bool = False) -> None:
+        super().__init__(message)
+        self.private = private
 
 
 class UsageError(UserError):
     """Wrong use of a command: shown with the usage line (``reason. Usage: … (hint)``)."""
 
-    def __init__(self, reason: str = "", hint: str = "") -> None:
-        super().__init__(reason)
+    def __init__(self, reason: str = "", hint: str = "", *, private: bool = False) -> None:
+        super().__init__(reason, private=private)
         self.reason = reason
         self.hint = hint
 

@@ -25,6 +25,15 @@ class CommandContext:
     _reply: Reply = field(repr=False)
     values: dict[str, Any] = field(default_factory=dict)
     """The declared arguments, converted (by key); see ``args.py``."""
+    _private: Reply | None = field(default=None, repr=False)
 
     async def reply(self, text: str) -> None:
+        """A reply in the room of the command: never a client's full name or a list of
+        clients (see ``reply_private``)."""
         await self._reply(text)
+
+    async def reply_private(self, text: str) -> None:
+        """A reply that names a client or lists clients: it goes to the sender's management
+        room, with a one-line pointer here when the command was typed elsewhere (the Bot
+        routes it; a context built without that routing, in a test, answers in place)."""
+        await (self._private or self._reply)(text)

@@ -47,6 +47,7 @@ class CommandRouter:
         room_id: str,
         event_id: str,
         reply: Callable[[str], Awaitable[None]],
+        reply_private: Callable[[str], Awaitable[None]] | None = None,
     ) -> bool:
         """Run a command message. Returns False if it is not a command (or an edit of one)."""
         incoming = Incoming(message) if isinstance(message, str) else message
@@ -54,8 +55,10 @@ class CommandRouter:
         if parsed is None:
             return False
         if incoming.edit_of is not None:
-            return await self._edit(incoming, parsed, sender, role, room_id, event_id, reply)
-        ran = await self._run(parsed, sender, role, room_id, event_id, reply)
+            return await self._edit(
+                incoming, parsed, sender, role, room_id, event_id, reply, reply_private
+            )
+        ran = await self._run(parsed, sender, role, room_id, event_id, reply, reply_private)
         if self.runs is not None and role is not None:
             await self.runs.record(
                 event_id, room_id, sender, incoming.sent_at, incoming.thread_root, ran
@@ -71,6 +74,7 @@ class CommandRouter:
         room_id: str,
         event_id: str,
         reply: Callable[[str], Awaitable[None]],
+        reply_private: Callable[[str], Awaitable[None]] | None = None,
     ) -> bool:
         """An edit runs only if the command it edits did not, and within 10 minutes of it."""
         assert incoming.edit_of is not None
@@ -85,7 +89,7 @@ class CommandRouter:
         if original.ran_by is None and incoming.sent_at - original.sent_at > EDIT_WINDOW_MS:
             await reply(EDIT_NOT_APPLIED)
             return True
-        ran = await self._run(parsed, sender, role, room_id, event_id, reply)
+        ran = await self._run(parsed, sender, role, room_id, event_id, reply, reply_private)
         if ran and self.runs is not None:
             await self.runs.ran_by(original.event_id, event_id)
         return True
@@ -98,6 +102,7 @@ class CommandRouter:
         room_id: str,
         event_id: str,
         reply: Callable[[str], Awaitable[None]],
+        reply_private: Callable[[str], Awaitable[None]] | None = None,
     ) -> bool:
         """True if a handler ran; False for an unknown command, a refusal or wrong use."""
         spec = self.registry.get(parsed.name)
@@ -134,16 +139,18 @@ class CommandRouter:
             registry=self.registry,
             _reply=reply,
             values=matched.values,
+            _private=reply_private,
         )
         try:
             await handler(ctx)
         except TemporaryError:
             raise  # the homeserver is unwell: let the inbox retry the whole event later
-        except UsageError as e:
-            await reply(e.render(spec.usage_of(matched.sub.usage())))
-            return False
         except UserError as e:
-            await reply(str(e))
+            say = reply_private if e.private and reply_private is not None else reply
+            if isinstance(e, UsageError):
+                await say(e.render(spec.usage_of(matched.sub.usage())))
+            else:
+                await say(str(e))
             return False
         except Exception:
             ref = secrets.token_hex(4)

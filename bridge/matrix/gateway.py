@@ -94,6 +94,10 @@ class MatrixGateway(Protocol):
 
     async def user_exists(self, user_id: str) -> bool | None: ...
 
+    async def room_members(self, room_id: str) -> dict[str, str]:
+        """The room's current members as the bot sees them: user id -> membership
+        (join, invite, leave, ban, knock)."""
+
     async def redact(self, room_id: str, event_id: str, reason: str) -> None:
         """Redact as the bot (it is the room creator)."""
 

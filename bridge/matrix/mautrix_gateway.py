@@ -337,6 +337,14 @@ class MautrixGateway:
             self.api_for(user_id), Method.PUT, self._account_data(user_id, data_type), content
         )
 
+    async def room_members(self, room_id: str) -> dict[str, str]:
+        result = await self.call(self.bot_api, Method.GET, f"{self._room(room_id)}/members")
+        members: dict[str, str] = {}
+        for event in result.get("chunk", []):
+            if isinstance(event, dict) and isinstance(event.get("state_key"), str):
+                members[event["state_key"]] = str((event.get("content") or {}).get("membership"))
+        return members
+
     async def redact(self, room_id: str, event_id: str, reason: str) -> None:
         txn = f"alcove.redact.{event_id}"
         await self.call(

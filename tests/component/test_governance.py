@@ -96,7 +96,7 @@ async def world(db: Database, tmp_path: Path) -> AsyncIterator[World]:
     anna = (await service.add_client(THERAPIST, "Anna Bell", None, "$a")).client
     carl = (await service.add_client(THERAPIST, "Carl Dunn", None, "$c")).client
     group = await service.create_group(THERAPIST, "Tuesday group", [anna, carl], "$g")
-    await service.note_management_room(THERAPIST, f"!mgmt:{DOMAIN}")
+    await repo.set_management_room(THERAPIST, f"!mgmt:{DOMAIN}")
     gateway.calls.clear()
     try:
         yield World(gateway, outbox, repo, audit, service, governance, anna, carl, group)

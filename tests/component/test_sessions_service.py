@@ -257,6 +257,7 @@ async def build(db: Database, tmp_path: Path) -> AsyncIterator[Build]:
 async def world(build: Build) -> World:
     w = await build()
     await w.conversations.repo.set_management_room(THERAPIST, MGMT)
+    w.gateway.memberships[MGMT] = {THERAPIST: "join", BOT: "join"}
     return w
 
 
@@ -1212,6 +1213,31 @@ async def test_transcript_of_a_summer_session_across_midnight_dates_its_lines(
         "Participants: Dr T (therapist), J.D.",
     ]
     assert text.endswith("-- Sunday 2027-07-04 --\n00:20 J.D.: after midnight\n")
+
+
+async def test_transcript_is_withheld_while_the_management_room_is_not_private(
+    world: World,
+) -> None:
+    session, jane, sam = await open_session(world)
+    room = session.room_id
+    assert room is not None
+    seed_room(world, room, jane.client.user_id, sam.client.user_id)
+    world.gateway.memberships[MGMT] = {THERAPIST: "join", BOT: "join", "@x:test.local": "invite"}
+    await world.transcripts.request(session)
+    await world.transcripts.answer(session, jane.client.user_id, consent=True)
+    last = await world.transcripts.answer(session, sam.client.user_id, consent=True)
+
+    assert "was not sent" in last and "not private" in last
+    assert not [s for s in await world.sent_to(MGMT) if s.content.get("msgtype") == "m.file"]
+    assert world.gateway.deleted_media == list(world.gateway.uploads)  # the upload is gone
+    assert await world.audit.entries("transcript.delivered") == []
+    assert await world.repo.transcript_request(session.id) is not None  # consents kept
+
+    # Once the room is private again, a !consent sent again delivers it.
+    world.gateway.memberships[MGMT] = {THERAPIST: "join", BOT: "join"}
+    again = await world.transcripts.answer(session, sam.client.user_id, consent=True)
+    assert "Everyone agreed: the transcript was sent" in again
+    assert len([s for s in await world.sent_to(MGMT) if s.content.get("msgtype") == "m.file"]) == 1
 
 
 async def test_transcript_answer_by_a_non_participant_is_refused(world: World) -> None:

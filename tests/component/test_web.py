@@ -237,6 +237,8 @@ async def test_a_reply_too_long_for_one_event_goes_out_in_parts(stack: Stack, db
     """Synapse refuses an event over 64 KiB: `!client list` for 1,500 clients must still arrive,
     every client once, in several notices."""
     repo = ConversationRepo(db)
+    await repo.set_management_room(THERAPIST, "!dm:x")  # the list is said only there
+    stack.gateway.memberships["!dm:x"] = {THERAPIST: "join", stack.config.bot_user_id: "join"}
     names = [f"Client{i:04d} Longsurname-Doublebarrelled" for i in range(1500)]
     for i, name in enumerate(names):
         await repo.add_client(

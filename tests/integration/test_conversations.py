@@ -18,6 +18,7 @@ from tests.support.matrix_client import MatrixUser
 from tests.support.scenario import (
     THERAPIST,
     add_client,
+    assert_no_full_names,
     from_bot,
     login,
     management_room,
@@ -97,7 +98,7 @@ async def test_one_to_one_conversation(
 
     # A password is never sent outside the management room.
     await therapist.send_text(jane.room_id, "!client add Someone Else")
-    await therapist.wait_for(from_bot(jane.room_id, "in your direct chat with me"))
+    await therapist.wait_for(from_bot(jane.room_id, "in your management room with me"))
 
     actions = [r["action"] for r in await alcove_db.fetch("SELECT action FROM audit ORDER BY id")]
     for expected in ("client.created", "room.created", "title.changed", "command.refused"):
@@ -223,6 +224,13 @@ async def test_community_chat_initials_removal_and_history(
     await therapist.send_text(mgmt, "!group list")
     listing = await therapist.wait_for(from_bot(mgmt, "Your community chats"))
     assert "Tuesday circle (2 clients)" in listing["content"]["body"]
+
+    # What the clients can read in the group (read through the API, as each of them) names
+    # nobody by full name: Alcove's confirmations and answers there use initials only.
+    names = ["Alice Ames", "Bob Brown", "Cara Cole"]
+    for viewer, own in ((bob, "Bob Brown"), (cara, "Cara Cole")):
+        others = [n for n in names if n != own]
+        await assert_no_full_names(viewer, room, others, except_self_renames=True)
 
     actions = [r["action"] for r in await alcove_db.fetch("SELECT action FROM audit ORDER BY id")]
     assert actions.count("member.added") == 3

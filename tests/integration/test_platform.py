@@ -28,6 +28,10 @@ BOT = "@alcove:localhost"
 async def dm_with_bot(user: MatrixUser) -> str:
     room = await user.create_dm(BOT)
     await wait_joined(user, room, BOT)
+    # The bot says once where the management room is: let that land before faults start.
+    await user.wait_for(
+        lambda e: e.get("room_id") == room and e.get("sender") == BOT and "management" in str(e)
+    )
     return room
 
 

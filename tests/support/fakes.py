@@ -176,6 +176,20 @@ class RecordingGateway:
     async def user_exists(self, user_id: str) -> bool | None:
         return user_id in self.existing_users
 
+    memberships: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Memberships a test sets explicitly (user -> membership), per room; otherwise the room's
+    members are derived from createRoom invites, joins and kicks."""
+
+    async def room_members(self, room_id: str) -> dict[str, str]:
+        if room_id in self.memberships:
+            return dict(self.memberships[room_id])
+        members = {u: "invite" for u in self.rooms.get(room_id, {}).get("invite", [])}
+        members.update({u: "invite" for r, u in self.invited if r == room_id})
+        members.update(dict.fromkeys(self.members.get(room_id, set()), "join"))
+        members.update({u: "leave" for r, u in self.kicked if r == room_id})
+        members.update({u: "leave" for u, r in self.left if r == room_id})
+        return members
+
     redacted: list[tuple[str, str]] = field(default_factory=list)
     events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     uploads: dict[str, bytes] = field(default_factory=dict)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -35,9 +39,26 @@ def from_bot(room: str, contains: str) -> Any:
     return match
 
 
-async def management_room(therapist: MatrixUser) -> str:
-    room = await therapist.create_dm(BOT)
-    await wait_joined(therapist, room, BOT)
+async def management_room(staff: MatrixUser, timeout: float = 15.0) -> str:
+    """The management room Alcove created for this staff member at start-up: the newest room
+    with the bot in their ``m.direct`` (Alcove marks it there, as them, and joins them)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, direct = await staff.raw(
+            "GET", f"/_matrix/client/v3/user/{quote(staff.user_id)}/account_data/m.direct"
+        )
+        rooms = direct.get(BOT, []) if status == 200 else []
+        if rooms and rooms[-1] in await staff.joined_rooms():
+            return str(rooms[-1])
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no management room for {staff.user_id}: {status} {direct}")
+        await asyncio.sleep(0.1)
+
+
+async def open_dm_with_bot(staff: MatrixUser) -> str:
+    """A DM the staff member opens with the bot themselves (not their management room)."""
+    room = await staff.create_dm(BOT)
+    await wait_joined(staff, room, BOT)
     return room
 
 
@@ -73,3 +94,33 @@ async def login(http: aiohttp.ClientSession, synapse: DevStack, added: Added) ->
 
 def bodies(events: list[Event]) -> list[str]:
     return [str(e.get("content", {}).get("body", "")) for e in events]
+
+
+async def assert_no_full_names(
+    viewer: MatrixUser, room_id: str, full_names: list[str], *, except_self_renames: bool = False
+) -> None:
+    """Read the room through the API as ``viewer`` (history and current state) and check that
+    no event holds any of ``full_names``. ``except_self_renames`` skips a client's own per-room
+    rename (a membership event they sent themselves: issue 10 item 2, handled separately)."""
+    base = f"/_matrix/client/v3/rooms/{quote(room_id)}"
+    status, history = await viewer.raw("GET", f"{base}/messages?dir=b&limit=1000")
+    assert status == 200, history
+    # /state answers a JSON list (MatrixUser.raw keeps only objects).
+    events = [*history.get("chunk", []), *await _state_list(viewer, base)]
+    assert events
+    for event in events:
+        if except_self_renames and event.get("type") == "m.room.member":
+            if event.get("sender") == event.get("state_key"):
+                continue
+        text = json.dumps(event).lower()
+        for name in full_names:
+            assert name.lower() not in text, (viewer.user_id, name, event)
+
+
+async def _state_list(viewer: MatrixUser, base: str) -> list[Event]:
+    url = f"{str(viewer.api.api.base_url).rstrip('/')}{base}/state"
+    headers = {"Authorization": f"Bearer {viewer.api.api.token}"}
+    async with viewer.api.api.session.get(url, headers=headers) as resp:
+        assert resp.status == 200
+        body = await resp.json()
+    return [e for e in body if isinstance(e, dict)]

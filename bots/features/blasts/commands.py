@@ -44,7 +44,7 @@ class BlastCommands:
         try:
             clients = await self.service.audience(ctx.sender, audience_spec)
         except AudienceError as e:
-            raise UsageError(str(e)) from None
+            raise UsageError(str(e), private=e.private) from None
         text: str = ctx.values["message"] or ""
         if not text:
             await self.awaiting.expect(
@@ -58,7 +58,7 @@ class BlastCommands:
         result = await self.service.send(
             ctx.sender, clients, {"msgtype": "m.text", "body": text}, ctx.event_id
         )
-        await ctx.reply(report(result))
+        await ctx.reply_private(report(result))
 
     async def capture(
         self, ctx: CommandContext, payload: dict[str, Any], content: dict[str, Any]
@@ -68,7 +68,7 @@ class BlastCommands:
         try:
             clients = await self.service.audience(ctx.sender, audience)
         except AudienceError as e:
-            await ctx.reply(str(e))
+            await (ctx.reply_private if e.private else ctx.reply)(str(e))
             return
         kind = {
             "m.image": "image",
@@ -87,11 +87,11 @@ class BlastCommands:
         try:
             clients = await self.service.audience(ctx.sender, str(payload["audience"]))
         except AudienceError as e:
-            await ctx.reply(str(e))
+            await (ctx.reply_private if e.private else ctx.reply)(str(e))
             return
         content = {k: v for k, v in dict(payload["content"]).items() if k != "m.relates_to"}
         result = await self.service.send(ctx.sender, clients, content, str(payload["origin"]))
-        await ctx.reply(report(result))
+        await ctx.reply_private(report(result))
 
 
 def report(result: BlastResult) -> str:

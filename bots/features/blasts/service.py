@@ -21,7 +21,11 @@ WAIT_SECONDS = 120.0
 
 
 class AudienceError(Exception):
-    pass
+    """``private``: the message lists clients (say it only in the management room)."""
+
+    def __init__(self, message: str, *, private: bool = False) -> None:
+        super().__init__(message)
+        self.private = private
 
 
 @dataclass
@@ -59,7 +63,7 @@ class BlastService:
                 try:
                     client = await self.conversations.resolve_client(therapist, token)
                 except ClientLookupError as e:
-                    raise AudienceError(str(e)) from None
+                    raise AudienceError(str(e), private=e.private) from None
                 if client not in clients:
                     clients.append(client)
         if not clients:

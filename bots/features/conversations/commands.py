@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...bot_types import notice
 from ...commands.args import CLIENT, TITLE, WORDS, Arg, Flag, Kind, Sub, UsageError, UserError
 from ...commands.confirm import Confirmations
 from ...commands.context import CommandContext
 from ...commands.spec import CommandSpec
+from .management import link
 from .repo import DM, GROUP, Client, Room
 from .service import ClientLookupError, ConversationService
 
@@ -77,9 +79,6 @@ class ConversationCommands:
 
     # ------------------------------------------------------------------ helpers
 
-    async def _in_management_room(self, ctx: CommandContext) -> bool:
-        return await self.service.management_room_for(ctx.sender) == ctx.room_id
-
     async def _own_room(self, ctx: CommandContext, kinds: tuple[str, ...]) -> Room | None:
         room = await self.service.repo.room(ctx.room_id)
         if room is None or room.kind not in kinds or room.therapist_id != ctx.sender:
@@ -91,7 +90,7 @@ class ConversationCommands:
         try:
             return await self.service.resolve_client(ctx.sender, token)
         except ClientLookupError as e:
-            raise UserError(str(e)) from None
+            raise UserError(str(e), private=e.private) from None
 
     # ------------------------------------------------------------------ !client
 
@@ -100,31 +99,53 @@ class ConversationCommands:
         full_name: str = ctx.values["full_name"]
         if not any(ch.isalpha() for ch in full_name):
             raise UsageError()
-        if not await self._in_management_room(ctx):
+        if await self._own_room(ctx, (DM, GROUP)) is not None:
             await ctx.reply(
-                "Please add clients in your direct chat with me: the reply contains a password."
+                "Please add clients in your management room with me, not in a conversation: "
+                "the reply contains a password."
             )
             return
+        # Secrets go only to a management room that holds exactly the therapist and the bot:
+        # checked before anything is created, and again when the password is sent.
+        problem = await self.service.management.private_problem(ctx.sender)
+        if problem is not None:
+            await ctx.reply(problem)
+            return
         new = await self.service.add_client(ctx.sender, full_name, email, ctx.event_id)
-        await ctx.reply(
-            f"Added {new.client.full_name} as {new.client.user_id} "
-            f"(shown to other clients as {new.client.initials}).\n"
-            f"Initial password: {new.password}\n"
-            "Pass it on privately; they can change it after signing in. "
-            f"Your conversation: https://matrix.to/#/{new.room.room_id}"
+        problem = await self.service.send_secret(
+            ctx.sender,
+            f"secret:{ctx.event_id}",
+            notice(
+                f"Added {new.client.full_name} as {new.client.user_id} "
+                f"(shown to other clients as {new.client.initials}).\n"
+                f"Initial password: {new.password}\n"
+                "Pass it on privately; they can change it after signing in. I will remove this "
+                "message once they have signed in, or after 24 hours. "
+                f"Your conversation: https://matrix.to/#/{new.room.room_id}"
+            ),
+            redact_for=new.client.user_id,
         )
+        mgmt = await self.service.management_room_for(ctx.sender)
+        if problem is not None:
+            await ctx.reply(problem)
+        elif mgmt is not None and mgmt != ctx.room_id:
+            await ctx.reply(
+                f"Done: the new client's details are in your management room: {link(mgmt)}"
+            )
 
     async def _client_list(self, ctx: CommandContext) -> None:
         clients = await self.service.repo.clients_of(ctx.sender)
         if not clients:
-            await ctx.reply("You have no clients yet. Add one with !client add <full name>.")
+            await ctx.reply_private(
+                "You have no clients yet. Add one with !client add <full name>."
+            )
             return
         lines = [f"Your clients ({len(clients)}):"]
         for c in clients:
             room = await self.service.repo.dm_of(ctx.sender, c.user_id)
-            link = f" — https://matrix.to/#/{room.room_id}" if room else ""
-            lines.append(f"• {c.full_name} ({c.initials}) {c.user_id}{link}")
-        await ctx.reply("\n".join(lines))
+            where = f" — {link(room.room_id)}" if room else ""
+            lines.append(f"• {c.full_name} ({c.initials}) {c.user_id}{where}")
+        await ctx.reply_private("\n".join(lines))
 
     # ------------------------------------------------------------------ !group
 
@@ -137,7 +158,7 @@ class ConversationCommands:
                 clients.append(client)
         room = await self.service.create_group(ctx.sender, title, clients, ctx.event_id)
         names = ", ".join(c.initials for c in clients)
-        await ctx.reply(
+        await ctx.reply_private(  # it lists clients (by initials): not for another group
             f"Created {title!r} with {names}: https://matrix.to/#/{room.room_id}\n"
             "Clients see each other only by initials; new members do not see earlier messages."
         )
@@ -156,10 +177,10 @@ class ConversationCommands:
         client = await self._client_arg(ctx, ctx.values["client"])
         members = await self.service.repo.members(room.room_id)
         if sub == "add" and client.user_id in members:
-            await ctx.reply(f"{client.full_name} is already in this chat.")
+            await ctx.reply(f"{client.initials} is already in this chat.")
             return
         if sub == "remove" and client.user_id not in members:
-            await ctx.reply(f"{client.full_name} is not in this chat.")
+            await ctx.reply(f"{client.initials} is not in this chat.")
             return
         verb = "Add" if sub == "add" else "Remove"
         extra = (
@@ -171,7 +192,7 @@ class ConversationCommands:
             ctx,
             f"group.{sub}",
             {"client": client.user_id},
-            f"{verb} {client.full_name} ({client.initials}) {'to' if sub == 'add' else 'from'} "
+            f"{verb} {client.initials} ({client.user_id}) {'to' if sub == 'add' else 'from'} "
             f"{room.title!r}?{extra}",
         )
 

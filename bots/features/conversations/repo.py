@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from mautrix.util.async_db import Database
 
@@ -29,6 +30,32 @@ class Room:
     therapist_id: str | None
     client_id: str | None
     title: str | None
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A message in a management room that carries a secret, until it is redacted."""
+
+    outbox_key: str
+    room_id: str
+    staff_id: str
+    client_id: str | None
+    created_at: int
+    expires_at: int
+
+
+_REDACTABLE = "outbox_key, room_id, staff_id, client_id, created_at, expires_at"
+
+
+def _secret(r: Any) -> Secret:
+    return Secret(
+        r["outbox_key"],
+        r["room_id"],
+        r["staff_id"],
+        r["client_id"],
+        int(r["created_at"]),
+        int(r["expires_at"]),
+    )
 
 
 _CLIENT = "user_id, therapist_id, full_name, initials, email"
@@ -167,16 +194,55 @@ class ConversationRepo:
 
     # ------------------------------------------------------------------ management rooms
 
-    async def set_management_room(self, user_id: str, room_id: str) -> None:
+    async def set_management_room(self, user_id: str, room_id: str, owned: bool = True) -> None:
         await self.db.execute(
-            "INSERT INTO management_room (user_id, room_id) VALUES ($1, $2)"
-            " ON CONFLICT (user_id) DO UPDATE SET room_id = $2",
+            "INSERT INTO management_room (user_id, room_id, owned) VALUES ($1, $2, $3)"
+            " ON CONFLICT (user_id) DO UPDATE SET room_id = $2, owned = $3",
             user_id,
             room_id,
+            owned,
         )
 
     async def management_room(self, user_id: str) -> str | None:
-        value = await self.db.fetchval(
-            "SELECT room_id FROM management_room WHERE user_id = $1", user_id
+        row = await self.management_row(user_id)
+        return row[0] if row is not None else None
+
+    async def management_row(self, user_id: str) -> tuple[str, bool] | None:
+        """(room id, created by the bot) of the staff member's management room."""
+        row = await self.db.fetchrow(
+            "SELECT room_id, owned FROM management_room WHERE user_id = $1", user_id
         )
-        return str(value) if value is not None else None
+        return (str(row["room_id"]), bool(row["owned"])) if row else None
+
+    # ------------------------------------------------------------------ secrets to redact
+
+    async def add_secret(self, secret: Secret) -> None:
+        await self.db.execute(
+            "INSERT INTO secret_message (outbox_key, room_id, staff_id, client_id, created_at,"
+            " expires_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (outbox_key) DO NOTHING",
+            secret.outbox_key,
+            secret.room_id,
+            secret.staff_id,
+            secret.client_id,
+            secret.created_at,
+            secret.expires_at,
+        )
+
+    async def secret(self, outbox_key: str) -> Secret | None:
+        row = await self.db.fetchrow(
+            f"SELECT {_REDACTABLE} FROM secret_message WHERE outbox_key = $1", outbox_key
+        )
+        return _secret(row) if row else None
+
+    async def secrets(self, client_id: str | None = None) -> list[Secret]:
+        """Every secret not redacted yet, or those about one client."""
+        if client_id is None:
+            rows = await self.db.fetch(f"SELECT {_REDACTABLE} FROM secret_message")
+        else:
+            rows = await self.db.fetch(
+                f"SELECT {_REDACTABLE} FROM secret_message WHERE client_id = $1", client_id
+            )
+        return [_secret(r) for r in rows]
+
+    async def delete_secret(self, outbox_key: str) -> None:
+        await self.db.execute("DELETE FROM secret_message WHERE outbox_key = $1", outbox_key)

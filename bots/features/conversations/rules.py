@@ -137,6 +137,23 @@ def group_body(therapist: str, clients: list[str], title: str) -> dict[str, Any]
     )
 
 
+MANAGEMENT_ROOM_NAME = "Alcove"
+
+
+def management_body(staff: str) -> dict[str, Any]:
+    """A staff member's management room: a DM with the bot, unencrypted (Alcove cannot decrypt
+    yet), the staff member below the invite level so nobody else can be let in."""
+    return _create_body(
+        name=MANAGEMENT_ROOM_NAME,
+        invite=[staff],
+        staff={staff: STAFF_LEVEL},
+        history="shared",
+        is_direct=True,
+        topic="Your private room with Alcove: commands, client names, initial passwords and "
+        "transcripts come only here.",
+    )
+
+
 def staff_room_body(name: str, staff: dict[str, int], topic: str) -> dict[str, Any]:
     return _create_body(
         name=name, invite=sorted(staff), staff=staff, history="shared", is_direct=False, topic=topic

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any, cast
 
 from bridge.clock import Clock, ms
 from bridge.config import Config
 from bridge.db.audit_repo import AuditLog
 from bridge.matrix.gateway import MatrixGateway, PermanentError
+from bridge.matrix.outbox import Outbox
 
 from ...bot_types import Sender, notice
 from ..voice import TherapistVoice
 from . import rules
+from .management import ManagementRooms
 from .repo import CARE, DM, GROUP, TEAM, Client, ConversationRepo, Room
 
 log = logging.getLogger("alcove.conversations")
@@ -31,7 +34,12 @@ class NewClient:
 
 
 class ClientLookupError(Exception):
-    """A <client> argument that matches nobody, or several people."""
+    """A <client> argument that matches nobody, or several people. ``private``: the message
+    lists clients, so it may be said only in the therapist's management room."""
+
+    def __init__(self, message: str, *, private: bool = False) -> None:
+        super().__init__(message)
+        self.private = private
 
 
 class ConversationService:
@@ -44,6 +52,7 @@ class ConversationService:
         audit: AuditLog,
         clock: Clock,
         voice: TherapistVoice | None = None,
+        management: ManagementRooms | None = None,
     ) -> None:
         self.config = config
         self.gateway = gateway
@@ -52,6 +61,9 @@ class ConversationService:
         self.repo = repo
         self.audit = audit
         self.clock = clock
+        self.management = management or ManagementRooms(
+            config, gateway, cast(Outbox, outbox), repo, audit, clock, self.voice
+        )
 
     @property
     def bot(self) -> str:
@@ -103,7 +115,9 @@ class ConversationService:
         if not matches:
             raise ClientLookupError(f"No client of yours matches {token!r}. See !client list.")
         listed = ", ".join(f"{c.full_name} ({c.user_id})" for c in matches[:5])
-        raise ClientLookupError(f"{token!r} matches several clients: {listed}. Use the ID.")
+        raise ClientLookupError(
+            f"{token!r} matches several clients: {listed}. Use the ID.", private=True
+        )
 
     # ------------------------------------------------------------------ 1:1 rooms
 
@@ -364,7 +378,14 @@ class ConversationService:
     # ------------------------------------------------------------------ management rooms
 
     async def management_room_for(self, user_id: str) -> str | None:
-        return await self.repo.management_room(user_id)
+        """The staff member's management room (the one Alcove owns; see management.py)."""
+        return await self.management.room_for(user_id)
 
-    async def note_management_room(self, user_id: str, room_id: str) -> None:
-        await self.repo.set_management_room(user_id, room_id)
+    async def send_secret(
+        self, staff: str, key: str, content: dict[str, Any], *, redact_for: str | None = None
+    ) -> str | None:
+        """A secret (initial password, transcript) into the staff member's management room,
+        only while its members are exactly them and the bot. None when sent, else why not."""
+        return await self.management.send_secret(
+            staff, key, content, redact_when_signed_in=redact_for
+        )

@@ -95,7 +95,7 @@ class ScheduleCommands:
             words = " ".join(str(row.content.get("body", "")).split()[:6])
             repeat = f" (every {row.rule})" if row.rule else ""
             lines.append(f"#{row.id} {when}{repeat} → {where}: {words}…")
-        await ctx.reply("\n".join(lines))
+        await ctx.reply_private("\n".join(lines))
 
     async def _cancel(self, ctx: CommandContext) -> None:
         schedule_id: int = ctx.values["id"]

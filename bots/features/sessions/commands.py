@@ -100,7 +100,7 @@ class SessionCommands:
             try:
                 client = await self.service.conversations.resolve_client(ctx.sender, token)
             except ClientLookupError as e:
-                raise UserError(str(e)) from None
+                raise UserError(str(e), private=e.private) from None
             if client not in clients:
                 clients.append(client)
         now = self.service.clock.now().astimezone(UTC)
@@ -117,13 +117,13 @@ class SessionCommands:
         session = await self.service.book(ctx.sender, clients, start, minutes, ctx.event_id)
         who = ", ".join(c.full_name for c in clients)
         if session.status == OPEN and session.room_id:
-            await ctx.reply(
+            await ctx.reply_private(
                 f"Session #{session.id} with {who} is open until "
                 f"{self.service.local(session.end_at)}: "
                 f"https://matrix.to/#/{session.room_id}"
             )
         else:
-            await ctx.reply(
+            await ctx.reply_private(
                 f"Booked session #{session.id} with {who} for "
                 f"{self.service.local(session.start_at)} ({minutes} minutes)."
             )
@@ -143,7 +143,7 @@ class SessionCommands:
                 f"#{s.id} {self.service.local(s.start_at)} to "
                 f"{self.service.local(s.end_at)} ({s.status}) with {', '.join(names)}"
             )
-        await ctx.reply("\n".join(lines))
+        await ctx.reply_private("\n".join(lines))
 
     # ------------------------------------------------------------------ in the session room
 

@@ -11,6 +11,7 @@ from typing import Any
 from bridge.clock import ms
 
 from ...bot_types import notice
+from ..conversations.management import SecretWithheld
 from .repo import OPEN, Session
 from .service import SessionService
 
@@ -102,7 +103,14 @@ class Transcripts:
         # Delivered first, forgotten after: if the upload fails, the consents are still on
         # record and the retried !consent delivers (the message key, one per request, dedupes
         # a second send).
-        await self._deliver(session, consents, f"transcript:{session.id}:{expires}")
+        try:
+            await self._deliver(session, consents, f"transcript:{session.id}:{expires}")
+        except SecretWithheld:
+            return (
+                "Everyone agreed, but the transcript was not sent: the therapist's management "
+                "room with me is not private right now. The consents stay on record; a !consent "
+                "sent again delivers it once that is fixed."
+            )
         await self.sessions.repo.drop_transcript_request(session.id)
         self.sessions.timers.cancel(f"session:{session.id}:transcript")
         return "Everyone agreed: the transcript was sent to the therapist."
@@ -155,13 +163,10 @@ class Transcripts:
         uri = await self.sessions.gateway.upload(
             data, "chat-history.txt", "text/plain; charset=utf-8"
         )
-        mgmt = await self.sessions.conversations.management_room_for(session.therapist_id)
-        if mgmt is None:
-            raise RuntimeError("the therapist has no management room for the transcript")
-        await self.sessions.outbox.send(
+        # Only into a management room that holds exactly the therapist and the bot.
+        withheld = await self.sessions.conversations.send_secret(
+            session.therapist_id,
             key,
-            self.sessions.bot,
-            mgmt,
             {
                 "msgtype": "m.file",
                 "body": "chat-history.txt",
@@ -169,6 +174,9 @@ class Transcripts:
                 "info": {"mimetype": "text/plain", "size": len(data)},
             },
         )
+        if withheld is not None:
+            await self.sessions.gateway.delete_media(uri)
+            raise SecretWithheld(withheld)
         await self.sessions.audit.record(
             self.sessions.bot,
             "transcript.delivered",

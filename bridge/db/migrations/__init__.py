@@ -18,6 +18,7 @@ from . import (  # noqa: E402,F401  (import order is version order)
     v06_command_runs,
     v07_session_rooms_and_media,
     v08_replayable_answers,
+    v09_management_rooms,
 )
 
 __all__ = ["upgrade_table"]
