@@ -16,6 +16,7 @@ from . import (  # noqa: E402,F401  (import order is version order)
     v04_sessions,
     v05_audit_truncate,
     v06_command_runs,
+    v12_crypto_rooms,
 )
 
 __all__ = ["upgrade_table"]
