@@ -44,6 +44,7 @@ from mautrix.types import (
     Membership,
     RoomID,
     SessionID,
+    TrustState,
     UserID,
 )
 from mautrix.util.async_db import Database
@@ -101,15 +102,7 @@ class Crypto:
         self.bot = UserID(gateway.bot_user_id)
         self.device_id = DeviceID(device_id)
         self.metrics = metrics
-        # mautrix's crypto tables, with mautrix's own migrations and version table, on
-        # Alcove's connection pool (SQLite or PostgreSQL alike).
-        self.crypto_db = Database.create(
-            str(db.url),
-            upgrade_table=PgCryptoStore.upgrade_table,
-            log=logging.getLogger("alcove.crypto.db"),
-        )
-        self.crypto_db.override_pool(db)
-        self.store = PgCryptoStore(self.bot, PICKLE_KEY, self.crypto_db)
+        self.crypto_db, self.store = crypto_store(db, self.bot)
         self.rooms = CryptoRoomRepo(db)
         self.client = Client(
             mxid=self.bot, device_id=self.device_id, api=gateway.api_for(self.bot, device_id)
@@ -159,12 +152,27 @@ class Crypto:
                     "deleted or re-created. " + self._reset_advice()
                 )
         await self.machine.share_keys()  # identity keys if new; one-time keys topped up
+        await self._cross_sign()
         self.ready.set()
         log.info(
             "End-to-end encryption enabled: the bot's device %s, identity key %s",
             self.device_id,
             self.machine.account.identity_key,
         )
+
+    async def _cross_sign(self) -> None:
+        """The bot's own cross-signing identity signs its device, so clients show the bot's
+        messages as from a device "verified by its owner". Done once: the master, self-signing
+        and user-signing keys are published (first-time setup needs no interactive auth; an
+        appservice may also replace them) and their private halves stored in the bot's secret
+        storage on the homeserver, encrypted with a recovery key Alcove does not keep — a new
+        device (a reset) gets a new cross-signing identity, not a way back into the old one."""
+        trust = await self.machine.resolve_trust(self.machine.own_identity)
+        if trust >= TrustState.CROSS_SIGNED_UNTRUSTED:
+            log.debug("The bot's device is cross-signed already (%s)", trust)
+            return
+        await self.machine.generate_recovery_key()  # the recovery key is not kept or logged
+        log.info("The bot's device %s is now signed by its own cross-signing key", self.device_id)
 
     def _reset_advice(self) -> str:
         return RESET_ADVICE.format(device=self.device_id, user=self.bot)
@@ -174,8 +182,7 @@ class Crypto:
         device = resp.device_keys.get(self.bot, {}).get(self.device_id)
         if device is None:
             return None
-        key = device.keys.get(f"curve25519:{self.device_id}")  # type: ignore[call-overload]
-        return str(key) if key else None
+        return str(device.curve25519) if device.curve25519 else None
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -322,6 +329,19 @@ class Crypto:
         """Whether Alcove takes part in the encrypted room ``room_id`` (the predicate the
         "I can't read this room" answer asks): yes once the crypto is started."""
         return self.ready.is_set()
+
+
+def crypto_store(db: Database, account_id: str) -> tuple[Database, PgCryptoStore]:
+    """mautrix's crypto store in Alcove's database: its tables, with mautrix's own migrations
+    and version table (``crypto_version``), on Alcove's connection pool (SQLite or PostgreSQL
+    alike). ``start()`` the returned database to migrate it."""
+    crypto_db = Database.create(
+        str(db.url),
+        upgrade_table=PgCryptoStore.upgrade_table,
+        log=logging.getLogger("alcove.crypto.db"),
+    )
+    crypto_db.override_pool(db)
+    return crypto_db, PgCryptoStore(account_id, PICKLE_KEY, crypto_db)
 
 
 def _extension(body: dict[str, Any], name: str, unstable: str) -> Any:

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 from nio import (
     AsyncClient,
@@ -29,6 +32,7 @@ from nio import (
     SyncResponse,
 )
 
+from bridge.config import load_config
 from bridge.devstack import DevStack
 from tests.integration.conftest import USERS
 from tests.support.alcove_process import AlcoveProcess
@@ -49,20 +53,34 @@ def crypto_synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStac
         stack.stop()
 
 
+def reset_bot_device(stack: DevStack) -> None:
+    """The reset Alcove's start-up error advises: delete the bot's device (and so its keys),
+    so each test's fresh database starts a fresh crypto identity on the shared Synapse."""
+    token = load_config(stack.config_path, environ={}).appservice.as_token
+    request = urllib.request.Request(  # noqa: S310 (loopback)
+        f"{stack.homeserver_url}/_synapse/admin/v2/users/{BOT}/devices/ALCOVE",
+        method="DELETE",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        assert response.status == 200
+
+
 @pytest.fixture
 async def crypto_alcove(
     crypto_synapse: DevStack, db_url: str, tmp_path: Path
 ) -> AsyncIterator[AlcoveProcess]:
-    process = AlcoveProcess(
-        crypto_synapse.config_path,
-        crypto_synapse.homeserver_url,
-        db_url,
-        crypto_synapse.dev_secrets["as_port"],
-        tmp_path / "alcove.log",
-    )
+    reset_bot_device(crypto_synapse)
+    process = alcove_on(crypto_synapse, db_url, tmp_path / "alcove.log")
     await process.start()
     yield process
     process.terminate()
+
+
+def alcove_on(stack: DevStack, db_url: str, log: Path) -> AlcoveProcess:
+    return AlcoveProcess(
+        stack.config_path, stack.homeserver_url, db_url, stack.dev_secrets["as_port"], log
+    )
 
 
 class E2EEUser:
@@ -120,8 +138,8 @@ async def e2ee_therapist(
     await user.close()
 
 
-async def test_ping_in_an_encrypted_dm(e2ee_therapist: E2EEUser) -> None:
-    nio = e2ee_therapist
+async def encrypted_dm(nio: E2EEUser) -> str:
+    """An encrypted DM with the bot, created as Element X creates it; the bot's device trusted."""
     created = await nio.client.room_create(
         is_direct=True,
         invite=[BOT],
@@ -130,8 +148,7 @@ async def test_ping_in_an_encrypted_dm(e2ee_therapist: E2EEUser) -> None:
         ],
     )
     assert isinstance(created, RoomCreateResponse), created
-    room_id = created.room_id
-
+    room_id = str(created.room_id)
     deadline = time.monotonic() + 30
     while True:  # the bot joins on the invite
         await nio.sync(timeout_ms=1000)
@@ -142,14 +159,17 @@ async def test_ping_in_an_encrypted_dm(e2ee_therapist: E2EEUser) -> None:
         assert time.monotonic() < deadline, "the bot did not join the encrypted DM"
     await nio.sync()
     assert nio.client.rooms[room_id].encrypted
-    assert nio.trust(BOT) == 1, "the bot has exactly one device with keys: ALCOVE"
+    assert nio.trust(BOT) == 1, "the bot has exactly one device with keys"
     assert [d.device_id for d in nio.client.device_store.active_user_devices(BOT)] == ["ALCOVE"]
+    return room_id
 
+
+async def ping(nio: E2EEUser, room_id: str) -> None:
+    """Send an encrypted !ping; return once the bot's encrypted pong was decrypted."""
     sent = await nio.client.room_send(
         room_id, "m.room.message", {"msgtype": "m.text", "body": "!ping"}
     )
     assert isinstance(sent, RoomSendResponse), sent
-
     deadline = time.monotonic() + 30
     undecrypted: list[MegolmEvent] = []
     while time.monotonic() < deadline:
@@ -163,5 +183,50 @@ async def test_ping_in_an_encrypted_dm(e2ee_therapist: E2EEUser) -> None:
             elif isinstance(event, (RoomMessageNotice, RoomMessageText)) and event.body == "pong":
                 assert event.decrypted, "the answer in an encrypted room is encrypted"
                 assert event.verified, "sent by the bot's device, which the therapist trusts"
+                assert not undecrypted, undecrypted
                 return
     raise AssertionError(f"no decrypted pong within 30 s (undecryptable: {undecrypted})")
+
+
+async def test_ping_in_an_encrypted_dm(e2ee_therapist: E2EEUser) -> None:
+    nio = e2ee_therapist
+    room_id = await encrypted_dm(nio)
+    await ping(nio, room_id)
+
+    # The bot's device is signed by the bot's own cross-signing key ("verified by its owner").
+    async with aiohttp.ClientSession() as http:
+        query = http.post(
+            f"{nio.client.homeserver}/_matrix/client/v3/keys/query",
+            json={"device_keys": {BOT: []}},
+            headers={"Authorization": f"Bearer {nio.client.access_token}"},
+        )
+        async with query as response:
+            keys: dict[str, Any] = await response.json()
+    self_signing = keys["self_signing_keys"][BOT]["keys"]
+    assert keys["master_keys"][BOT]["keys"]
+    (ssk_id,) = self_signing
+    assert ssk_id in keys["device_keys"][BOT]["ALCOVE"]["signatures"][BOT]
+
+
+async def test_a_restart_keeps_the_crypto_store_and_a_lost_one_is_refused(
+    e2ee_therapist: E2EEUser,
+    crypto_alcove: AlcoveProcess,
+    crypto_synapse: DevStack,
+    db_url: str,
+    tmp_path: Path,
+) -> None:
+    nio = e2ee_therapist
+    room_id = await encrypted_dm(nio)
+    await ping(nio, room_id)
+
+    crypto_alcove.terminate()
+    await crypto_alcove.start()  # same database: same Olm account, same Megolm sessions
+    await ping(nio, room_id)
+
+    crypto_alcove.terminate()
+    fresh = alcove_on(crypto_synapse, f"sqlite:{tmp_path / 'fresh.db'}", tmp_path / "fresh.log")
+    with pytest.raises(RuntimeError) as refused:
+        await fresh.start()
+    fresh.terminate()
+    assert "Alcove's crypto store has none" in str(refused.value)
+    assert "/_synapse/admin/v2/users/@alcove:localhost/devices/ALCOVE" in str(refused.value)
