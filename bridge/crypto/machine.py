@@ -109,8 +109,9 @@ class Crypto:
         )
         self.machine = _Machine(self.client, self.store, self.rooms)
         self.ready = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
         self._share_locks: dict[str, asyncio.Lock] = {}
+        self._requested: set[str] = set()
 
     @property
     def on_session(self) -> Callable[[str], None] | None:
@@ -190,12 +191,12 @@ class Crypto:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.store.close()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, object], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._finished)
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
+    def _finished(self, task: asyncio.Task[object]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and (error := task.exception()) is not None:
             log.warning("%s failed: %s", task.get_name(), error, exc_info=error)
@@ -276,6 +277,7 @@ class Crypto:
             encrypted = EncryptedEvent.deserialize(cast(JSON, event))
             decrypted = await self.machine.decrypt_megolm_event(encrypted)
         except SessionNotFound as e:
+            self._request_key(encrypted, e.session_id)
             raise KeysNotYet(event["room_id"], str(e.session_id)) from None
         except DuplicateMessageIndex:
             raise Undecryptable("a replayed message index") from None
@@ -288,6 +290,27 @@ class Crypto:
             "type": str(decrypted.type),
             "content": content,
         }
+
+    def _request_key(self, event: EncryptedEvent, session_id: SessionID) -> None:
+        """Ask the sender's devices for a missing room key, once per session and run (it may
+        come by itself a moment later; the waiting event is handled when either arrives)."""
+        if session_id in self._requested:
+            return
+        self._requested.add(session_id)
+        content = event.content
+        sender_key = getattr(content, "sender_key", None)
+        if not sender_key:
+            return
+        self._spawn(
+            self.machine.request_room_key(
+                event.room_id,
+                sender_key,
+                session_id,
+                {event.sender: [DeviceID("*")]},
+                timeout=0,
+            ),
+            "crypto-key-request",
+        )
 
     async def encrypt(
         self, room_id: str, event_type: str, content: dict[str, Any]
