@@ -6,6 +6,7 @@ everything the bot says goes through the outbox with a key derived from the even
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from mautrix.util.async_db import Database
@@ -55,8 +56,12 @@ class Bot:
         clock: Clock,
         timers: Timers | None = None,
         metrics: Metrics | None = None,
+        can_decrypt: Callable[[str], bool] | None = None,
     ) -> None:
         self.config = config
+        self.can_decrypt: Callable[[str], bool] = can_decrypt or (lambda _room_id: False)
+        """Whether Alcove takes part in the encrypted room (bridge/crypto; issue 11): where it
+        does, an encrypted room is not one it "cannot read"."""
         self.gateway = gateway
         self.outbox = outbox
         self.timers = timers or Timers()

@@ -83,7 +83,14 @@ class Alcove:
         )
         self.timers = Timers()
         self.bot = Bot(
-            cfg, self.gateway, self.outbox, self.db, self.clock, self.timers, self.metrics
+            cfg,
+            self.gateway,
+            self.outbox,
+            self.db,
+            self.clock,
+            self.timers,
+            self.metrics,
+            can_decrypt=self.crypto.can_decrypt if self.crypto is not None else None,
         )
         self.dispatcher = Dispatcher(cfg.bot_user_id, self.bot, f"@{cfg.appservice.client_prefix}")
         handler = self.dispatcher.handle
