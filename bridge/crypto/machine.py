@@ -50,7 +50,7 @@ from mautrix.types import (
 from mautrix.util.async_db import Database
 
 from ..errors import StartupError
-from ..matrix.gateway import TemporaryError
+from ..matrix.gateway import PermanentError, TemporaryError
 from ..matrix.mautrix_gateway import MautrixGateway
 from ..metrics import Metrics
 from .repo import CryptoRoomRepo
@@ -248,7 +248,9 @@ class Crypto:
                     await self.client.get_state_event(RoomID(room_id), EventType.ROOM_ENCRYPTION)
                 ).serialize()
             except MatrixError as e:
-                if getattr(e, "errcode", None) != "M_NOT_FOUND":
+                if _permanent(e) and getattr(e, "errcode", None) != "M_NOT_FOUND":
+                    return False  # not a member (any more): the send itself will say so
+                if not _permanent(e):
                     raise TemporaryError(f"encryption state of {room_id}: {e}") from None
                 content = None
             await self.rooms.put_encryption(room_id, content)
@@ -327,7 +329,12 @@ class Crypto:
             except EncryptionError:
                 await self._share(room)
                 encrypted = await self.machine.encrypt_megolm_event(room, etype, content)
-        except (MatrixError, EncryptionError, OSError, TimeoutError) as e:
+        except MatrixError as e:
+            error = PermanentError if _permanent(e) else TemporaryError
+            raise error(
+                f"encryption for {room_id}: {e}", errcode=getattr(e, "errcode", None)
+            ) from None
+        except (EncryptionError, OSError, TimeoutError) as e:
             raise TemporaryError(f"encryption for {room_id}: {type(e).__name__}: {e}") from None
         return "m.room.encrypted", json.loads(json.dumps(encrypted.serialize()))
 
@@ -365,6 +372,12 @@ def crypto_store(db: Database, account_id: str) -> tuple[Database, PgCryptoStore
     )
     crypto_db.override_pool(db)
     return crypto_db, PgCryptoStore(account_id, PICKLE_KEY, crypto_db)
+
+
+def _permanent(error: MatrixError) -> bool:
+    """A 4xx other than 429: asking again will not help."""
+    status = getattr(error, "http_status", None)
+    return isinstance(status, int) and 400 <= status < 500 and status != 429
 
 
 def _extension(body: dict[str, Any], name: str, unstable: str) -> Any:

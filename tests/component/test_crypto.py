@@ -6,18 +6,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
+import pytest
 from mautrix.crypto import OlmAccount
+from mautrix.errors import MatrixUnknownRequestError, MForbidden
 from mautrix.types import RoomID, UserID
 from mautrix.util.async_db import Database
 
 from bridge.config import InboxConfig
-from bridge.crypto.machine import crypto_store
+from bridge.crypto.machine import Crypto, crypto_store
 from bridge.crypto.repo import CryptoRoomRepo
 from bridge.db.inbox_repo import InboxRepo
 from bridge.db.migrations import upgrade_table
 from bridge.db.outbox_repo import DeviceRepo, OutboxRepo
 from bridge.inbox import Deferred, Inbox
-from bridge.matrix.gateway import TemporaryError
+from bridge.matrix.gateway import PermanentError, TemporaryError
+from bridge.matrix.mautrix_gateway import MautrixGateway
 from bridge.matrix.outbox import Outbox
 from bridge.metrics import Metrics
 from tests.support.builders import message
@@ -161,3 +165,29 @@ async def test_the_outbox_encrypts_at_each_attempt_with_the_same_txn_id(db: Data
     assert all("body" not in a.content for a in secret)
     (plain,) = [a for a in gw.sent if a.room_id == "!plain:x"]
     assert plain.event_type == "m.room.message" and plain.content["body"] == "hi"
+
+
+async def test_a_room_the_bot_cannot_see_fails_the_send_at_once(db: Database) -> None:
+    """403 on the room's state or members: a permanent error (the send would fail the same
+    way), not a temporary one retried with backoff; 5xx stays temporary."""
+    async with aiohttp.ClientSession() as session:
+        gateway = MautrixGateway(session, "http://127.0.0.1:9", "as", BOT, Metrics())
+        crypto = Crypto(db, gateway, "ALCOVE", Metrics())
+
+        async def forbidden(*_args: Any, **_kw: Any) -> Any:
+            raise MForbidden(403, "You are not in this room")
+
+        async def unavailable(*_args: Any, **_kw: Any) -> Any:
+            raise MatrixUnknownRequestError(502, "bad gateway")
+
+        crypto.client.get_state_event = forbidden  # type: ignore[method-assign]
+        assert not await crypto.is_encrypted("!left:x")
+        assert not await crypto.rooms.known("!left:x")  # not cached: asked again next time
+        await crypto.rooms.put_encryption("!enc:x", MEGOLM)
+        await crypto.crypto_db.start()
+        crypto.client.get_members = forbidden  # type: ignore[method-assign]
+        with pytest.raises(PermanentError):
+            await crypto.encrypt("!enc:x", "m.room.message", {"body": "x"})
+        crypto.client.get_members = unavailable  # type: ignore[method-assign]
+        with pytest.raises(TemporaryError):
+            await crypto.encrypt("!enc:x", "m.room.message", {"body": "x"})
