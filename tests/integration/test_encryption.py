@@ -11,7 +11,6 @@ does (``m.room.encryption`` in the initial state), trusts the bot's device expli
 from __future__ import annotations
 
 import asyncio
-import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,26 +18,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from nio import (
-    AsyncClient,
-    AsyncClientConfig,
-    JoinedMembersResponse,
-    LoginResponse,
-    MegolmEvent,
-    RoomCreateResponse,
-    RoomMessageNotice,
-    RoomMessageText,
-    RoomSendResponse,
-    SyncResponse,
-)
 
 from bridge.config import load_config
 from bridge.devstack import DevStack
 from tests.integration.conftest import USERS
 from tests.support.alcove_process import AlcoveProcess
+from tests.support.nio_e2ee import E2EEUser, encrypted_dm, ping
 from tests.support.scenario import BOT, THERAPIST
-
-MEGOLM = "m.megolm.v1.aes-sha2"
 
 
 @pytest.fixture(scope="module")
@@ -83,49 +69,6 @@ def alcove_on(stack: DevStack, db_url: str, log: Path) -> AlcoveProcess:
     )
 
 
-class E2EEUser:
-    """A nio client with an end-to-end store, like a real user's device."""
-
-    def __init__(self, homeserver: str, user_id: str, store: Path) -> None:
-        store.mkdir(parents=True, exist_ok=True)
-        self.client = AsyncClient(
-            homeserver,
-            user_id,
-            store_path=str(store),
-            config=AsyncClientConfig(encryption_enabled=True, store_sync_tokens=True),
-        )
-
-    async def login(self, password: str) -> E2EEUser:
-        response = await self.client.login(password, device_name="alcove-tests (nio e2ee)")
-        assert isinstance(response, LoginResponse), response
-        if self.client.should_upload_keys:
-            await self.client.keys_upload()
-        await self.sync()
-        return self
-
-    async def sync(self, timeout_ms: int = 0) -> SyncResponse:
-        response = await self.client.sync(timeout=timeout_ms, full_state=False)
-        assert isinstance(response, SyncResponse), response
-        if self.client.should_upload_keys:
-            await self.client.keys_upload()
-        if self.client.should_query_keys:
-            await self.client.keys_query()
-        if self.client.should_claim_keys:
-            await self.client.keys_claim(self.client.get_users_for_key_claiming())
-        return response
-
-    def trust(self, user_id: str) -> int:
-        """Trust every device of ``user_id`` explicitly (as after verifying it)."""
-        devices = list(self.client.device_store.active_user_devices(user_id))
-        for device in devices:
-            self.client.verify_device(device)
-        return len(devices)
-
-    async def close(self) -> None:
-        await self.client.logout()
-        await self.client.close()
-
-
 @pytest.fixture
 async def e2ee_therapist(
     crypto_alcove: AlcoveProcess, crypto_synapse: DevStack, tmp_path: Path
@@ -136,56 +79,6 @@ async def e2ee_therapist(
     )
     yield user
     await user.close()
-
-
-async def encrypted_dm(nio: E2EEUser) -> str:
-    """An encrypted DM with the bot, created as Element X creates it; the bot's device trusted."""
-    created = await nio.client.room_create(
-        is_direct=True,
-        invite=[BOT],
-        initial_state=[
-            {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": MEGOLM}}
-        ],
-    )
-    assert isinstance(created, RoomCreateResponse), created
-    room_id = str(created.room_id)
-    deadline = time.monotonic() + 30
-    while True:  # the bot joins on the invite
-        await nio.sync(timeout_ms=1000)
-        members = await nio.client.joined_members(room_id)
-        assert isinstance(members, JoinedMembersResponse), members
-        if BOT in {m.user_id for m in members.members}:
-            break
-        assert time.monotonic() < deadline, "the bot did not join the encrypted DM"
-    await nio.sync()
-    assert nio.client.rooms[room_id].encrypted
-    assert nio.trust(BOT) == 1, "the bot has exactly one device with keys"
-    assert [d.device_id for d in nio.client.device_store.active_user_devices(BOT)] == ["ALCOVE"]
-    return room_id
-
-
-async def ping(nio: E2EEUser, room_id: str) -> None:
-    """Send an encrypted !ping; return once the bot's encrypted pong was decrypted."""
-    sent = await nio.client.room_send(
-        room_id, "m.room.message", {"msgtype": "m.text", "body": "!ping"}
-    )
-    assert isinstance(sent, RoomSendResponse), sent
-    deadline = time.monotonic() + 30
-    undecrypted: list[MegolmEvent] = []
-    while time.monotonic() < deadline:
-        response = await nio.sync(timeout_ms=2000)
-        room = response.rooms.join.get(room_id)
-        for event in room.timeline.events if room else []:
-            if event.sender != BOT:
-                continue
-            if isinstance(event, MegolmEvent):
-                undecrypted.append(event)
-            elif isinstance(event, (RoomMessageNotice, RoomMessageText)) and event.body == "pong":
-                assert event.decrypted, "the answer in an encrypted room is encrypted"
-                assert event.verified, "sent by the bot's device, which the therapist trusts"
-                assert not undecrypted, undecrypted
-                return
-    raise AssertionError(f"no decrypted pong within 30 s (undecryptable: {undecrypted})")
 
 
 async def test_ping_in_an_encrypted_dm(e2ee_therapist: E2EEUser) -> None:
