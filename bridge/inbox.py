@@ -32,12 +32,22 @@ class Deferred(Exception):
     """Raised by a handler: the event cannot be handled until ``key`` arrives (an encrypted
     event waits for its room key). The row stays pending: it is handled again at ``wake(key)``,
     and every ``RECHECK_SECONDS`` in case the wake was missed (a restart), until it is
-    ``give_up_seconds`` old; then it is marked failed and logged. It does not use up attempts."""
+    ``give_up_seconds`` old; then ``give_up`` runs (or it is marked failed), logged either way.
+    It does not use up attempts."""
 
-    def __init__(self, key: str, reason: str, give_up_seconds: float) -> None:
+    def __init__(
+        self,
+        key: str,
+        reason: str,
+        give_up_seconds: float,
+        give_up: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         super().__init__(reason)
         self.key = key
         self.give_up_seconds = give_up_seconds
+        self.give_up = give_up
+        """Run once the wait is over (instead of marking the event failed): e.g. dispatch an
+        encrypted event as it is, so its room is told Alcove cannot read it."""
 
 
 class Inbox:
@@ -148,6 +158,15 @@ class Inbox:
                 deferred.give_up_seconds / 60,
                 deferred,
             )
+            if deferred.give_up is not None:
+                try:
+                    await deferred.give_up()
+                except Exception as e:
+                    await self._failed(row, e)
+                    return
+                self._finished.add((row.seq, now, self.keep_row(row)))
+                self.metrics.inbox_events.labels(outcome="given_up").inc()
+                return
             await self.repo.mark_failed(row.seq, row.attempts, now, str(deferred)[:500])
             self.metrics.inbox_events.labels(outcome="failed").inc()
             return

@@ -2,8 +2,9 @@
 
 Inbox side: ``Decrypting`` wraps the inbox's event handler. An ``m.room.encrypted`` event is
 decrypted before dispatch; one whose room key has not arrived raises ``inbox.Deferred`` (the
-row stays pending and is handled again when the key comes); one that can never be decrypted is
-passed on as it is, so the "I can't read this" answer still happens.
+row stays pending and is handled again when the key comes); one that can never be decrypted, or
+whose key did not come within ``encryption.key_wait_minutes``, is passed on as it is, so the
+"I can't read this" answer (told once per room) still happens: never silently dropped.
 
 Outbox side: ``Crypto.encrypt`` is the outbox's ``encrypt`` hook (see bridge/matrix/outbox.py).
 """
@@ -31,10 +32,16 @@ class Decrypting:
         if event.get("type") == "m.room.encrypted":
             if event.get("sender") == self.crypto.bot:
                 return  # our own message
+            encrypted = event
             try:
                 event = await self.crypto.decrypt(event)
             except KeysNotYet as e:
-                raise Deferred(wait_key(e.session_id), str(e), self.key_wait_seconds) from None
+                raise Deferred(
+                    wait_key(e.session_id),
+                    str(e),
+                    self.key_wait_seconds,
+                    give_up=lambda: self.handler(encrypted),
+                ) from None
             except Undecryptable as e:
                 log.warning("Cannot decrypt %s in %s: %s", event["event_id"], event["room_id"], e)
         await self.handler(event)

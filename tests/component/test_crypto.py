@@ -132,6 +132,34 @@ async def test_waiting_does_not_use_up_attempts_and_ends_after_the_bound(db: Dat
     await inbox.stop()
 
 
+async def test_after_the_bound_the_give_up_runs_once_instead(db: Database) -> None:
+    clock = FakeClock()
+    given_up: list[str] = []
+
+    async def handler(event: dict[str, Any]) -> None:
+        async def give_up() -> None:
+            given_up.append(event["event_id"])
+
+        raise Deferred("megolm:S3", "no key", give_up_seconds=600, give_up=give_up)
+
+    inbox = Inbox(InboxRepo(db), handler, clock, Metrics(), InboxConfig())
+    await inbox.start()
+    waiting = message("!a:x", "@u:x", "encrypted")
+    await inbox.accept("t1", [waiting])
+    await inbox.join()
+    assert given_up == []
+    clock.advance(601)
+    inbox.wake("megolm:S3")
+    await inbox.join()
+    assert given_up == [waiting["event_id"]]
+    assert await inbox.repo.pending() == []
+    status = await db.fetchval(
+        "SELECT status FROM inbox_event WHERE event_id = $1", waiting["event_id"]
+    )
+    assert status != "failed"  # handled: the room was told
+    await inbox.stop()
+
+
 async def test_the_outbox_encrypts_at_each_attempt_with_the_same_txn_id(db: Database) -> None:
     gw = RecordingGateway(failures=[TemporaryError("502", status=502)])
     calls: list[tuple[str, str]] = []

@@ -64,6 +64,10 @@ async def test_waits_for_its_room_key() -> None:
         await decrypting(encrypted())
     assert deferred.value.key == wait_key("S") and deferred.value.give_up_seconds == 3600
     assert seen == []
+    # The key never came: the event goes on as it is (the room is told it cannot be read).
+    assert deferred.value.give_up is not None
+    await deferred.value.give_up()
+    assert [e["type"] for e in seen] == ["m.room.encrypted"]
 
 
 async def test_never_decryptable_goes_on_as_it_is() -> None:
