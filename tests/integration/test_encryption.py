@@ -11,6 +11,7 @@ does (``m.room.encryption`` in the initial state), trusts the bot's device expli
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -99,6 +100,46 @@ async def test_ping_in_an_encrypted_dm(e2ee_therapist: E2EEUser) -> None:
     assert keys["master_keys"][BOT]["keys"]
     (ssk_id,) = self_signing
     assert ssk_id in keys["device_keys"][BOT]["ALCOVE"]["signatures"][BOT]
+
+
+async def bot_otk_count(stack: DevStack, http: aiohttp.ClientSession) -> int:
+    """The bot device's signed_curve25519 count, as the homeserver tells the device itself."""
+    token = load_config(stack.config_path, environ={}).appservice.as_token
+    upload = http.post(
+        f"{stack.homeserver_url}/_matrix/client/v3/keys/upload",
+        params={"user_id": BOT, "device_id": "ALCOVE"},
+        json={},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    async with upload as response:
+        body: dict[str, Any] = await response.json()
+    return int(body["one_time_key_counts"].get("signed_curve25519", 0))
+
+
+async def test_one_time_keys_are_topped_up(
+    e2ee_therapist: E2EEUser, crypto_synapse: DevStack
+) -> None:
+    """Others use up the bot's one-time keys (each new Olm session claims one): Synapse
+    reports the count in the next transaction (MSC3202) and Alcove uploads new ones."""
+    nio = e2ee_therapist
+    room_id = await encrypted_dm(nio)
+    async with aiohttp.ClientSession() as http:
+        full = await bot_otk_count(crypto_synapse, http)
+        assert full >= 50
+        for _ in range(30):
+            claim = http.post(
+                f"{crypto_synapse.homeserver_url}/_matrix/client/v3/keys/claim",
+                json={"one_time_keys": {BOT: {"ALCOVE": "signed_curve25519"}}},
+                headers={"Authorization": f"Bearer {nio.client.access_token}"},
+            )
+            async with claim as response:
+                assert response.status == 200
+        assert await bot_otk_count(crypto_synapse, http) <= full - 30
+        await ping(nio, room_id)  # any transaction carries the count
+        deadline = time.monotonic() + 15
+        while (count := await bot_otk_count(crypto_synapse, http)) < 50:
+            assert time.monotonic() < deadline, f"one-time keys not topped up ({count})"
+            await asyncio.sleep(0.2)
 
 
 async def test_a_restart_keeps_the_crypto_store_and_a_lost_one_is_refused(
