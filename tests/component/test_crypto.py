@@ -8,6 +8,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from mautrix.crypto import OlmAccount
 from mautrix.errors import MatrixUnknownRequestError, MForbidden
 from mautrix.types import RoomID, UserID
@@ -24,6 +26,7 @@ from bridge.matrix.gateway import PermanentError, TemporaryError
 from bridge.matrix.mautrix_gateway import MautrixGateway
 from bridge.matrix.outbox import Outbox
 from bridge.metrics import Metrics
+from bridge.web.transactions import TransactionEndpoint
 from tests.support.builders import message
 from tests.support.fakes import FakeClock, RecordingGateway
 
@@ -219,3 +222,35 @@ async def test_a_room_the_bot_cannot_see_fails_the_send_at_once(db: Database) ->
         crypto.client.get_members = unavailable  # type: ignore[method-assign]
         with pytest.raises(TemporaryError):
             await crypto.encrypt("!enc:x", "m.room.message", {"body": "x"})
+
+
+async def test_transaction_extensions_come_before_its_room_events(db: Database) -> None:
+    """To-device events (room keys) reach the crypto before the transaction's room events are
+    persisted; while the crypto is not started the transaction is refused (503, nothing kept),
+    so Synapse sends all of it again."""
+    inbox = Inbox(InboxRepo(db), KeyedHandler(), FakeClock(), Metrics(), InboxConfig())
+    seen: list[tuple[list[Any], int]] = []
+    ready = False
+
+    async def extensions(body: dict[str, Any]) -> None:
+        if not ready:
+            raise TemporaryError("crypto is not started yet")
+        seen.append((body["de.sorunome.msc2409.to_device"], (await inbox.repo.depth())[0]))
+
+    endpoint = TransactionEndpoint("hs", inbox, Metrics(), extensions=extensions)
+    app = web.Application()
+    app.add_routes(endpoint.routes())
+    body = {
+        "events": [message("!a:x", "@u:x", "encrypted")],
+        "de.sorunome.msc2409.to_device": [{"type": "m.room.encrypted", "sender": "@u:x"}],
+    }
+    async with TestClient(TestServer(app)) as client:
+        auth = {"Authorization": "Bearer hs"}
+        refused = await client.put("/_matrix/app/v1/transactions/1", json=body, headers=auth)
+        assert refused.status == 503
+        assert (await inbox.repo.depth())[0] == 0
+        ready = True
+        accepted = await client.put("/_matrix/app/v1/transactions/1", json=body, headers=auth)
+        assert accepted.status == 200
+    assert seen == [(body["de.sorunome.msc2409.to_device"], 0)]
+    assert (await inbox.repo.depth())[0] == 1
