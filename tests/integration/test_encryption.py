@@ -24,7 +24,7 @@ from bridge.config import load_config
 from bridge.devstack import DevStack
 from tests.integration.conftest import USERS
 from tests.support.alcove_process import AlcoveProcess
-from tests.support.nio_e2ee import E2EEUser, encrypted_dm, ping
+from tests.support.nio_e2ee import E2EEUser, encrypted_dm, ping, wait_for_pong
 from tests.support.scenario import BOT, THERAPIST
 
 
@@ -100,6 +100,30 @@ async def test_ping_in_an_encrypted_dm(e2ee_therapist: E2EEUser) -> None:
     assert keys["master_keys"][BOT]["keys"]
     (ssk_id,) = self_signing
     assert ssk_id in keys["device_keys"][BOT]["ALCOVE"]["signatures"][BOT]
+
+
+async def test_a_new_device_of_a_member_gets_the_answers_too(
+    e2ee_therapist: E2EEUser, crypto_synapse: DevStack, tmp_path: Path
+) -> None:
+    """The therapist signs in on another device: Synapse reports the device-list change in a
+    transaction (MSC3202), Alcove rotates the room's Megolm session, and its next answer is
+    readable on the new device as well."""
+    nio = e2ee_therapist
+    room_id = await encrypted_dm(nio)
+    await ping(nio, room_id)
+    password = crypto_synapse.dev_secrets["passwords"]["therapist"]
+    phone = await E2EEUser(crypto_synapse.homeserver_url, THERAPIST, tmp_path / "phone").login(
+        password
+    )
+    try:
+        await phone.sync()
+        assert phone.trust(BOT) == 1
+        await nio.sync()  # the first device learns of the second
+        assert nio.trust(THERAPIST) >= 1  # and trusts it, so nio shares its own keys with it
+        await ping(nio, room_id)
+        await wait_for_pong(phone, room_id)
+    finally:
+        await phone.close()
 
 
 async def bot_otk_count(stack: DevStack, http: aiohttp.ClientSession) -> int:

@@ -105,6 +105,12 @@ async def ping(nio: E2EEUser, room_id: str, encrypted: bool = True) -> float:
         room_id, "m.room.message", {"msgtype": "m.text", "body": "!ping"}
     )
     assert isinstance(sent, RoomSendResponse), sent
+    await wait_for_pong(nio, room_id, encrypted)
+    return time.perf_counter() - started
+
+
+async def wait_for_pong(nio: E2EEUser, room_id: str, encrypted: bool = True) -> None:
+    """Until this device sees the bot's next pong (decrypted, in an encrypted room)."""
     deadline = time.monotonic() + 30
     undecrypted: list[MegolmEvent] = []
     while time.monotonic() < deadline:
@@ -116,10 +122,9 @@ async def ping(nio: E2EEUser, room_id: str, encrypted: bool = True) -> float:
             if isinstance(event, MegolmEvent):
                 undecrypted.append(event)
             elif isinstance(event, (RoomMessageNotice, RoomMessageText)) and event.body == "pong":
-                elapsed = time.perf_counter() - started
                 assert event.decrypted == encrypted, "encrypted in an encrypted room"
                 if encrypted:
                     assert event.verified, "sent by the bot's device, which the therapist trusts"
                 assert not undecrypted, undecrypted
-                return elapsed
+                return
     raise AssertionError(f"no decrypted pong within 30 s (undecryptable: {undecrypted})")
