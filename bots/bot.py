@@ -6,6 +6,7 @@ everything the bot says goes through the outbox with a key derived from the even
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from mautrix.util.async_db import Database
@@ -59,8 +60,12 @@ class Bot:
         timers: Timers | None = None,
         metrics: Metrics | None = None,
         scrub: Scrub | None = None,
+        can_decrypt: Callable[[str], bool] | None = None,
     ) -> None:
         self.config = config
+        self.can_decrypt: Callable[[str], bool] = can_decrypt or (lambda _room_id: False)
+        """Whether Alcove takes part in the encrypted room (bridge/crypto; issue 11): where it
+        does, an encrypted room is not one it "cannot read"."""
         self.gateway = gateway
         self.outbox = outbox
         self.timers = timers or Timers()
@@ -176,7 +181,9 @@ class Bot:
             return
         await self.gateway.join_room(self.gateway.bot_user_id, room_id)
         log.info("Joined %s on the invite of %s", room_id, inviter)
-        if invited_encrypted(event) or await self.gateway.get_state(room_id, "m.room.encryption"):
+        if not self.can_decrypt(room_id) and (
+            invited_encrypted(event) or await self.gateway.get_state(room_id, "m.room.encryption")
+        ):
             await self.management.cannot_read(room_id, inviter, "invite")
             return
         if (event.get("content") or {}).get("is_direct"):

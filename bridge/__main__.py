@@ -39,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     dev = sub.add_parser("dev", help="throwaway Synapse + Alcove on 127.0.0.1 with SQLite")
     dev.add_argument("--state-dir", default=".alcove-dev", type=Path)
+    dev.add_argument(
+        "--encryption",
+        action="store_true",
+        help="the bot as a crypto-capable member (encryption.enabled; issue 11, incomplete)",
+    )
     return parser
 
 
@@ -101,7 +106,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .devstack import run_dev
 
         setup_logging(LoggingConfig(level="INFO", file=args.state_dir / "alcove.log"))
-        asyncio.run(run_dev(args.state_dir))
+        asyncio.run(run_dev(args.state_dir, encryption=args.encryption))
         return 0
     raise AssertionError(args.command)
 

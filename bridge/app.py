@@ -16,6 +16,8 @@ from bots.bot import Bot
 from .catchup import CatchUp
 from .clock import Clock, SystemClock
 from .config import Config
+from .crypto.machine import Crypto
+from .crypto.seams import Decrypting, wait_key
 from .db.database import open_database, redact_url
 from .db.inbox_repo import InboxRepo
 from .db.outbox_repo import DeviceRepo, OutboxRepo
@@ -24,7 +26,7 @@ from .errors import StartupError
 from .inbox import Inbox
 from .matrix.gateway import MatrixSendError
 from .matrix.mautrix_gateway import MautrixGateway
-from .matrix.outbox import Outbox
+from .matrix.outbox import DEVICE_ID, Outbox
 from .metrics import Metrics
 from .registration import read_doublepuppet_token
 from .scrub import HomeserverDatabase, Scrubber, homeserver_database
@@ -50,6 +52,7 @@ class Alcove:
         self.runner: web.AppRunner | None = None
         self.web: web.Application | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self.crypto: Crypto | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -68,8 +71,16 @@ class Alcove:
             doublepuppet_token=read_doublepuppet_token(cfg.appservice.doublepuppet_registration),
             client_namespace_prefix=f"@{cfg.appservice.client_prefix}",
         )
+        if cfg.encryption.enabled:
+            # The bot's crypto device is its acting device: one identity for both.
+            self.crypto = Crypto(self.db, self.gateway, DEVICE_ID, self.metrics)
         self.outbox = Outbox(
-            OutboxRepo(self.db), DeviceRepo(self.db), self.gateway, self.clock, self.metrics
+            OutboxRepo(self.db),
+            DeviceRepo(self.db),
+            self.gateway,
+            self.clock,
+            self.metrics,
+            encrypt=self.crypto.encrypt if self.crypto is not None else None,
         )
         self.timers = Timers()
         self.bot = Bot(
@@ -81,11 +92,17 @@ class Alcove:
             self.timers,
             self.metrics,
             Scrubber(self.db, self._homeserver_database()),
+            can_decrypt=self.crypto.can_decrypt if self.crypto is not None else None,
         )
         self.dispatcher = Dispatcher(cfg.bot_user_id, self.bot, f"@{cfg.appservice.client_prefix}")
+        handler = self.dispatcher.handle
+        if self.crypto is not None:
+            handler = Decrypting(
+                self.crypto, handler, cfg.encryption.key_wait_minutes * 60
+            ).__call__
         self.inbox = Inbox(
             InboxRepo(self.db),
-            self.dispatcher.handle,
+            handler,
             self.clock,
             self.metrics,
             cfg.inbox,
@@ -107,7 +124,10 @@ class Alcove:
             self.metrics,
             self.catchup.request,
             access_token_in_query=cfg.appservice.access_token_in_query,
+            extensions=self.crypto.handle_transaction if self.crypto is not None else None,
         )
+        if self.crypto is not None:
+            self.crypto.on_session = self._room_key_arrived
         self.web = build_web_app(
             endpoint, self.metrics, self.refresh_metrics, cfg.appservice.max_body_size_mib
         )
@@ -127,6 +147,8 @@ class Alcove:
         self.web[READY]["reason"] = "checking the homeserver"
         await run_startup(self.gateway, cfg, self.clock)
         await self.outbox.device_for(cfg.bot_user_id)  # before any send needs it
+        if self.crypto is not None:
+            await self.crypto.start()  # the acting device gets its keys
         await self.outbox.start()
         await self.bot.start_sessions()  # overdue sessions are purged before anything else
         await self.inbox.start()
@@ -150,6 +172,11 @@ class Alcove:
             log.warning("sessions.vacuum_homeserver needs homeserver.synapse_config; not vacuuming")
             return None
         return homeserver_database(hs.synapse_config)
+
+    def _room_key_arrived(self, session_id: str) -> None:
+        """Encrypted events waiting for this Megolm session are handled now."""
+        if woken := self.inbox.wake(wait_key(session_id)):
+            log.debug("A room key arrived for %d waiting events", woken)
 
     async def refresh_metrics(self) -> None:
         await self.inbox.refresh_metrics()
@@ -189,6 +216,8 @@ class Alcove:
         if hasattr(self, "outbox"):
             await self.outbox.stop(timeout)
             log.debug("outbox stopped")
+        if self.crypto is not None:
+            await self.crypto.stop()
         if self.session is not None:
             await self.session.close()
         if self.db is not None:

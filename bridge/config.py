@@ -197,6 +197,15 @@ class InboxConfig:
 
 
 @dataclass(frozen=True)
+class EncryptionConfig:
+    """End-to-end encryption (issue 11): the bot as a crypto-capable member."""
+
+    enabled: bool = False
+    key_wait_minutes: float = 60.0
+    """How long an encrypted event whose room key has not arrived is kept waiting for it."""
+
+
+@dataclass(frozen=True)
 class Config:
     homeserver: HomeserverConfig
     appservice: AppserviceConfig
@@ -209,6 +218,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     away: AwayConfig = field(default_factory=AwayConfig)
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
     path: Path | None = None
 
     @property
@@ -560,6 +570,13 @@ def _inbox(s: _Section) -> InboxConfig:
     )
 
 
+def _encryption(s: _Section) -> EncryptionConfig:
+    return EncryptionConfig(
+        enabled=s.flag("enabled", False),
+        key_wait_minutes=s.number("key_wait_minutes", 60.0, low=1.0),
+    )
+
+
 # --------------------------------------------------------------------------- entry points
 
 
@@ -581,6 +598,7 @@ def parse_config(
         schedule=_read(root.section("schedule", required=False), _schedule),
         away=_read(root.section("away", required=False), _away),
         sessions=_read(root.section("sessions", required=False), _sessions),
+        encryption=_read(root.section("encryption", required=False), _encryption),
         path=path,
     )
     root.warn_unknown()

@@ -22,7 +22,7 @@ from .startup import (
     ping,
     wait_for_homeserver,
 )
-from .synapse_checks import check_synapse_config
+from .synapse_checks import check_encryption_extensions, check_synapse_config
 
 
 async def run_doctor(config: Config, web_timeout: float = 5.0) -> list[Check]:
@@ -145,7 +145,10 @@ def synapse_settings(config: Config) -> list[Check]:
             log_config = YAML(typ="safe").load((path.parent / str(hs["log_config"])).read_text())
         except (OSError, YAMLError):
             log_config = None
-    return check_synapse_config(hs, log_config)
+    checks = check_synapse_config(hs, log_config)
+    if config.encryption.enabled:
+        checks.append(check_encryption_extensions(hs))
+    return checks
 
 
 async def _ping(gateway: MautrixGateway, config: Config) -> None:

@@ -25,6 +25,29 @@ from .workers import KeyedWorkers
 log = logging.getLogger("alcove.inbox")
 
 EventHandler = Callable[[dict[str, Any]], Awaitable[None]]
+RECHECK_SECONDS = 60.0
+
+
+class Deferred(Exception):
+    """Raised by a handler: the event cannot be handled until ``key`` arrives (an encrypted
+    event waits for its room key). The row stays pending: it is handled again at ``wake(key)``,
+    and every ``RECHECK_SECONDS`` in case the wake was missed (a restart), until it is
+    ``give_up_seconds`` old; then ``give_up`` runs (or it is marked failed), logged either way.
+    It does not use up attempts."""
+
+    def __init__(
+        self,
+        key: str,
+        reason: str,
+        give_up_seconds: float,
+        give_up: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.key = key
+        self.give_up_seconds = give_up_seconds
+        self.give_up = give_up
+        """Run once the wait is over (instead of marking the event failed): e.g. dispatch an
+        encrypted event as it is, so its room is told Alcove cannot read it."""
 
 
 class Inbox:
@@ -46,6 +69,9 @@ class Inbox:
         )
         self.retries: DelayQueue[InboxRow] = DelayQueue(clock, self._submit, "inbox-retry")
         self._queued: set[int] = set()  # seqs queued or in flight: bounded by pending rows
+        self._parked: dict[int, str] = {}  # deferred rows (seq → what they wait for)
+        self._waiting: dict[str, list[InboxRow]] = {}
+        self.rechecks: DelayQueue[InboxRow] = DelayQueue(clock, self._unpark, "inbox-wait")
         self._started = False
         self._lock = asyncio.Lock()
         # "Handled" marks are group-committed: losing one in a crash only means the event is
@@ -93,6 +119,7 @@ class Inbox:
             self._started = True
         self._finished.start()
         self.retries.start()
+        self.rechecks.start()
         if pending:
             log.info("Resuming %d unprocessed inbox events from before the restart", len(pending))
         return len(pending)
@@ -111,12 +138,68 @@ class Inbox:
         except asyncio.CancelledError:
             self._queued.discard(row.seq)
             raise
+        except Deferred as d:
+            await self._defer(row, d)
+            return
         except Exception as e:
             await self._failed(row, e)
             return
         self._queued.discard(row.seq)
         self._finished.add((row.seq, ms(self.clock)))
         self.metrics.inbox_events.labels(outcome="done").inc()
+
+    async def _defer(self, row: InboxRow, deferred: Deferred) -> None:
+        self._queued.discard(row.seq)
+        now = ms(self.clock)
+        waited = (now - row.received_at) / 1000
+        if waited >= deferred.give_up_seconds:
+            log.error(
+                "Event %s in %s could not be handled within %.0f minutes: %s",
+                row.event_id,
+                row.room_id,
+                deferred.give_up_seconds / 60,
+                deferred,
+            )
+            if deferred.give_up is not None:
+                try:
+                    await deferred.give_up()
+                except Exception as e:
+                    await self._failed(row, e)
+                    return
+                self._finished.add((row.seq, now))
+                self.metrics.inbox_events.labels(outcome="given_up").inc()
+                return
+            await self.repo.mark_failed(row.seq, row.attempts, now, str(deferred)[:500])
+            self.metrics.inbox_events.labels(outcome="failed").inc()
+            return
+        delay = min(RECHECK_SECONDS, deferred.give_up_seconds - waited)
+        next_at = now + int(delay * 1000)
+        await self.repo.mark_retry(row.seq, row.attempts, next_at, str(deferred)[:500])
+        self.metrics.inbox_events.labels(outcome="deferred").inc()
+        log.debug("Event %s in %s waits: %s", row.event_id, row.room_id, deferred)
+        self._parked[row.seq] = deferred.key
+        self._waiting.setdefault(deferred.key, []).append(row)
+        self.rechecks.add(delay, row)
+
+    def wake(self, key: str) -> int:
+        """What ``key`` names has arrived: handle the events waiting for it now. Returns how
+        many."""
+        rows = self._waiting.pop(key, [])
+        for row in rows:
+            if self._parked.pop(row.seq, None) is not None:
+                self._submit(row)
+        return len(rows)
+
+    def _unpark(self, row: InboxRow) -> None:
+        key = self._parked.pop(row.seq, None)
+        if key is None:
+            return  # woken already
+        waiting = self._waiting.get(key, [])
+        if row in waiting:
+            waiting.remove(row)
+            if not waiting:
+                self._waiting.pop(key, None)
+        self._submit(row)
 
     async def _failed(self, row: InboxRow, error: Exception) -> None:
         self._queued.discard(row.seq)
@@ -173,5 +256,6 @@ class Inbox:
     async def stop(self, timeout: float = 10.0) -> None:
         self._started = False
         await self.retries.stop()
+        await self.rechecks.stop()
         await self.workers.stop(timeout)
         await self._finished.stop()

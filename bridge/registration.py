@@ -27,6 +27,18 @@ UPGRADE_ADVICE = (
     "keeping their tokens) and restart Synapse."
 )
 EPHEMERAL_MSC2409 = "de.sorunome.msc2409.push_ephemeral"
+MSC3202 = "org.matrix.msc3202"
+ENCRYPTION_KEYS = {
+    "receive_ephemeral": True,
+    EPHEMERAL_MSC2409: True,
+    "push_ephemeral": True,
+    MSC3202: True,
+}
+"""With ``encryption.enabled``: the appservice encryption extensions. ``receive_ephemeral`` (or
+MSC2409's unstable name) makes Synapse push to-device events (room keys) when homeserver.yaml
+has ``experimental_features: {msc2409_to_device_messages_enabled: true}`` — and, unavoidably,
+typing and receipts of Alcove's rooms, which Alcove ignores; ``org.matrix.msc3202`` adds device
+list changes and one-time-key counts (``msc3202_transaction_extensions: true``)."""
 
 
 class RegistrationExists(AlcoveError):
@@ -40,7 +52,7 @@ def new_token() -> str:
 def main_registration(config: Config, as_token: str, hs_token: str) -> dict[str, Any]:
     domain = re.escape(config.homeserver.domain)
     a = config.appservice
-    return {
+    registration: dict[str, Any] = {
         "id": a.id,
         "url": a.address,
         "as_token": as_token,
@@ -58,6 +70,9 @@ def main_registration(config: Config, as_token: str, hs_token: str) -> dict[str,
             "rooms": [],
         },
     }
+    if config.encryption.enabled:
+        registration.update(ENCRYPTION_KEYS)
+    return registration
 
 
 def doublepuppet_regex(domain: str) -> str:
@@ -127,7 +142,16 @@ def outdated(config: Config) -> list[str]:
     (``UPGRADE_ADVICE`` says what to do). Empty when the files are current or absent."""
     problems = []
     main = _read(config.appservice.registration)
-    if main.get("receive_ephemeral") or main.get(EPHEMERAL_MSC2409):
+    if config.encryption.enabled:
+        if main and not (
+            (main.get("receive_ephemeral") or main.get(EPHEMERAL_MSC2409)) and main.get(MSC3202)
+        ):
+            problems.append(
+                f"{config.appservice.registration} does not ask Synapse for the appservice "
+                "encryption extensions (to-device events, device lists, one-time-key counts) "
+                "that encryption.enabled needs"
+            )
+    elif main.get("receive_ephemeral") or main.get(EPHEMERAL_MSC2409):
         problems.append(
             f"{config.appservice.registration} asks Synapse to push typing notifications, read "
             "receipts and presence of every user (receive_ephemeral), which Alcove does not use"

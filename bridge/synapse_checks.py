@@ -108,3 +108,23 @@ def _database(database: dict[str, Any]) -> Check:
         "-c config.yaml` (VACUUM FULL of the content tables) after sessions (README).",
         warning=True,
     )
+
+
+ENCRYPTION_FEATURES = ("msc2409_to_device_messages_enabled", "msc3202_transaction_extensions")
+
+
+def check_encryption_extensions(hs: dict[str, Any]) -> Check:
+    """With encryption.enabled: Synapse pushes to-device events (room keys), device lists and
+    one-time-key counts to appservices only with these experimental features on."""
+    name = "appservice encryption extensions (experimental_features)"
+    features = hs.get("experimental_features") or {}
+    missing = [f for f in ENCRYPTION_FEATURES if not features.get(f)]
+    if missing:
+        return Check(
+            name,
+            False,
+            f"encryption.enabled needs {', '.join(f'{m}: true' for m in missing)} under "
+            "experimental_features in homeserver.yaml (without them room keys never reach Alcove "
+            "and encrypted commands wait until they are given up on); restart Synapse after.",
+        )
+    return Check(name, True, "")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -31,6 +32,18 @@ AUTOMATED = "org.alcove.automated"
 double puppet, so its messages come back as theirs: the dispatcher never takes a marked
 message for a command (a scheduled "!ping" must not run), and the auto-responder does not
 count one as the therapist's own reply."""
+
+
+Encrypt = Callable[[str, str, dict[str, Any]], Awaitable[tuple[str, dict[str, Any]]]]
+"""(room id, event type, content) → what to send: ``m.room.encrypted`` in an encrypted room.
+
+Encryption happens at every delivery attempt, right before the send, never stored: exactly once
+still holds because Synapse dedupes a send by (user, device, txn id) whatever its content, so a
+resend whose first attempt did reach the homeserver returns the first event (its ciphertext
+wasted one Megolm index, nothing more). Encrypting at each attempt also means a retry after a
+member left uses the group session of the members at that time, where a stored ciphertext
+would go out under a session the departed member holds; and no plaintext is kept any longer
+than it would be for an unencrypted room."""
 
 
 def marked(event_type: str, content: dict[str, Any]) -> dict[str, Any]:
@@ -55,8 +68,10 @@ class Outbox:
         max_attempts: int = 8,
         retry_base_seconds: float = 1.0,
         concurrency: int = 32,
+        encrypt: Encrypt | None = None,
     ) -> None:
         self.repo = repo
+        self.encrypt = encrypt
         self.devices = devices
         self.gateway = gateway
         self.clock = clock
@@ -185,8 +200,11 @@ class Outbox:
         device: str | None = None
         try:
             device = await self.device_for(row.sender)
+            event_type, content = row.event_type, row.content
+            if self.encrypt is not None:
+                event_type, content = await self.encrypt(row.room_id, event_type, content)
             event_id = await self.gateway.send_event(
-                row.sender, row.room_id, row.event_type, row.content, row.txn_id, device
+                row.sender, row.room_id, event_type, content, row.txn_id, device
             )
         except PermanentError as e:
             if e.errcode != UNKNOWN_DEVICE or device is None:

@@ -13,12 +13,13 @@ import hmac
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from ..inbox import Inbox
+from ..matrix.gateway import TemporaryError
 from ..metrics import Metrics
 
 log = logging.getLogger("alcove.web.transactions")
@@ -44,13 +45,18 @@ class TransactionEndpoint:
         on_homeserver_restart: Callable[[str], None] | None = None,
         *,
         access_token_in_query: bool = False,
+        extensions: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
     ) -> None:
+        """``extensions`` takes the appservice encryption extensions of each transaction
+        (to-device events, device lists, one-time-key counts: bridge/crypto/machine.py) before
+        its room events are persisted."""
         self._hs_token = hs_token.encode()
         self.access_token_in_query = access_token_in_query
         self.inbox = inbox
         self.metrics = metrics
         self.on_homeserver_restart = on_homeserver_restart
         self._last_txn: int | None = None
+        self.extensions = extensions
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -119,6 +125,12 @@ class TransactionEndpoint:
                 dropped,
                 MAX_EVENT_DEPTH,
             )
+        if self.extensions is not None and isinstance(body, dict):
+            try:
+                await self.extensions(body)
+            except TemporaryError as e:  # only while starting: Synapse sends it again
+                self.metrics.transactions.labels(outcome="not_ready").inc()
+                return matrix_error(503, "M_NOT_READY", str(e))
         new = await self.inbox.accept(txn_id, events)
         self._watch_txn_ids(txn_id)
         self.metrics.transactions.labels(outcome="accepted").inc()

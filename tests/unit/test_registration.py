@@ -235,3 +235,22 @@ def test_regenerating_says_what_changed(
     assert "Fixed:" in out and f"@a:evil.org:{DOMAIN}" in out and "receive_ephemeral" in out
     assert main(["generate-registration", "-c", str(config_path), "--keep-tokens"]) == 0
     assert "Fixed:" not in capsys.readouterr().out  # nothing left to fix
+
+
+def test_encryption_asks_for_the_appservice_encryption_extensions(config_path: Path) -> None:
+    """encryption.enabled: to-device events (MSC2409) and device lists / one-time-key counts
+    (MSC3202) pushed in transactions; a registration without them is reported and rewritten."""
+    plain = load_config(config_path, environ={}, need_tokens=False)
+    write_registrations(plain)
+    config_path.write_text(CONFIG_YAML + "encryption:\n  enabled: true\n")
+    config = load_config(config_path, environ={}, need_tokens=False)
+    assert config.encryption.enabled
+    problems = outdated(config)
+    assert len(problems) == 1 and "encryption extensions" in problems[0]
+    main = read_yaml(write_registrations(config, keep_tokens=True).registration)
+    assert main["receive_ephemeral"] is True
+    assert main["de.sorunome.msc2409.push_ephemeral"] is True
+    assert main["org.matrix.msc3202"] is True
+    assert outdated(config) == []
+    # Turned off again: the extensions are no longer wanted.
+    assert "receive_ephemeral" in outdated(plain)[0]

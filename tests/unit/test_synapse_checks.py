@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge.synapse_checks import check_synapse_config, duration_seconds
+from bridge.synapse_checks import (
+    check_encryption_extensions,
+    check_synapse_config,
+    duration_seconds,
+)
 
 GOOD: dict[str, Any] = {
     "redaction_retention_period": "1d",
@@ -82,3 +86,14 @@ def test_durations() -> None:
     assert duration_seconds(60000) == 60
     assert duration_seconds("soon") is None
     assert duration_seconds(True) is None
+
+
+def test_encryption_needs_the_appservice_extensions() -> None:
+    check = check_encryption_extensions(
+        {"experimental_features": {"msc3202_transaction_extensions": True}}
+    )
+    assert not check.ok and "msc2409_to_device_messages_enabled: true" in check.detail
+    assert "msc3202" not in check.detail
+    assert not check_encryption_extensions({}).ok
+    features = {"msc2409_to_device_messages_enabled": True, "msc3202_transaction_extensions": True}
+    assert check_encryption_extensions({"experimental_features": features}).ok

@@ -19,6 +19,7 @@ from . import (  # noqa: E402,F401  (import order is version order)
     v07_session_rooms_and_media,
     v08_replayable_answers,
     v09_management_rooms,
+    v10_crypto_rooms,
 )
 
 __all__ = ["upgrade_table"]

@@ -1,0 +1,190 @@
+"""Issue 11 on a real Synapse: Alcove as a crypto-capable member, driven by matrix-nio with
+end-to-end encryption (vodozemac) — a client nobody on this project wrote.
+
+A Synapse of its own, with the appservice encryption extensions, and Alcove with
+``encryption.enabled`` (a registration asking for to-device events, device lists and
+one-time-key counts). The therapist creates an encrypted DM with the bot the way Element X
+does (``m.room.encryption`` in the initial state), trusts the bot's device explicitly, sends
+``!ping`` encrypted, and gets ``pong`` back, encrypted by the bot's device and decrypted by nio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bridge.config import load_config
+from bridge.devstack import DevStack
+from tests.integration.conftest import USERS
+from tests.support.alcove_process import AlcoveProcess
+from tests.support.nio_e2ee import E2EEUser, encrypted_dm, ping, wait_for_pong
+from tests.support.scenario import BOT, THERAPIST
+
+
+@pytest.fixture(scope="module")
+def crypto_synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+    stack = DevStack(tmp_path_factory.mktemp("crypto-stack"), users=USERS, encryption=True)
+    config = stack.prepare()
+    stack.start()
+    try:
+        asyncio.run(stack.bootstrap(config))
+        yield stack
+    finally:
+        stack.stop()
+
+
+def reset_bot_device(stack: DevStack) -> None:
+    """The reset Alcove's start-up error advises: delete the bot's device (and so its keys),
+    so each test's fresh database starts a fresh crypto identity on the shared Synapse."""
+    token = load_config(stack.config_path, environ={}).appservice.as_token
+    request = urllib.request.Request(  # noqa: S310 (loopback)
+        f"{stack.homeserver_url}/_synapse/admin/v2/users/{BOT}/devices/ALCOVE",
+        method="DELETE",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        assert response.status == 200
+
+
+@pytest.fixture
+async def crypto_alcove(
+    crypto_synapse: DevStack, db_url: str, tmp_path: Path
+) -> AsyncIterator[AlcoveProcess]:
+    reset_bot_device(crypto_synapse)
+    process = alcove_on(crypto_synapse, db_url, tmp_path / "alcove.log")
+    await process.start()
+    yield process
+    process.terminate()
+
+
+def alcove_on(stack: DevStack, db_url: str, log: Path) -> AlcoveProcess:
+    return AlcoveProcess(
+        stack.config_path, stack.homeserver_url, db_url, stack.dev_secrets["as_port"], log
+    )
+
+
+@pytest.fixture
+async def e2ee_therapist(
+    crypto_alcove: AlcoveProcess, crypto_synapse: DevStack, tmp_path: Path
+) -> AsyncIterator[E2EEUser]:
+    password = crypto_synapse.dev_secrets["passwords"]["therapist"]
+    user = await E2EEUser(crypto_synapse.homeserver_url, THERAPIST, tmp_path / "nio").login(
+        password
+    )
+    yield user
+    await user.close()
+
+
+async def test_ping_in_an_encrypted_dm(e2ee_therapist: E2EEUser) -> None:
+    nio = e2ee_therapist
+    room_id = await encrypted_dm(nio)
+    await ping(nio, room_id)
+
+    # The bot's device is signed by the bot's own cross-signing key ("verified by its owner").
+    async with aiohttp.ClientSession() as http:
+        query = http.post(
+            f"{nio.client.homeserver}/_matrix/client/v3/keys/query",
+            json={"device_keys": {BOT: []}},
+            headers={"Authorization": f"Bearer {nio.client.access_token}"},
+        )
+        async with query as response:
+            keys: dict[str, Any] = await response.json()
+    self_signing = keys["self_signing_keys"][BOT]["keys"]
+    assert keys["master_keys"][BOT]["keys"]
+    (ssk_id,) = self_signing
+    assert ssk_id in keys["device_keys"][BOT]["ALCOVE"]["signatures"][BOT]
+
+
+async def test_a_new_device_of_a_member_gets_the_answers_too(
+    e2ee_therapist: E2EEUser, crypto_synapse: DevStack, tmp_path: Path
+) -> None:
+    """The therapist signs in on another device: Synapse reports the device-list change in a
+    transaction (MSC3202), Alcove rotates the room's Megolm session, and its next answer is
+    readable on the new device as well."""
+    nio = e2ee_therapist
+    room_id = await encrypted_dm(nio)
+    await ping(nio, room_id)
+    password = crypto_synapse.dev_secrets["passwords"]["therapist"]
+    phone = await E2EEUser(crypto_synapse.homeserver_url, THERAPIST, tmp_path / "phone").login(
+        password
+    )
+    try:
+        await phone.sync()
+        assert phone.trust(BOT) == 1
+        await nio.sync()  # the first device learns of the second
+        assert nio.trust(THERAPIST) >= 1  # and trusts it, so nio shares its own keys with it
+        await ping(nio, room_id)
+        await wait_for_pong(phone, room_id)
+    finally:
+        await phone.close()
+
+
+async def bot_otk_count(stack: DevStack, http: aiohttp.ClientSession) -> int:
+    """The bot device's signed_curve25519 count, as the homeserver tells the device itself."""
+    token = load_config(stack.config_path, environ={}).appservice.as_token
+    upload = http.post(
+        f"{stack.homeserver_url}/_matrix/client/v3/keys/upload",
+        params={"user_id": BOT, "device_id": "ALCOVE"},
+        json={},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    async with upload as response:
+        body: dict[str, Any] = await response.json()
+    return int(body["one_time_key_counts"].get("signed_curve25519", 0))
+
+
+async def test_one_time_keys_are_topped_up(
+    e2ee_therapist: E2EEUser, crypto_synapse: DevStack
+) -> None:
+    """Others use up the bot's one-time keys (each new Olm session claims one): Synapse
+    reports the count in the next transaction (MSC3202) and Alcove uploads new ones."""
+    nio = e2ee_therapist
+    room_id = await encrypted_dm(nio)
+    async with aiohttp.ClientSession() as http:
+        full = await bot_otk_count(crypto_synapse, http)
+        assert full >= 50
+        for _ in range(30):
+            claim = http.post(
+                f"{crypto_synapse.homeserver_url}/_matrix/client/v3/keys/claim",
+                json={"one_time_keys": {BOT: {"ALCOVE": "signed_curve25519"}}},
+                headers={"Authorization": f"Bearer {nio.client.access_token}"},
+            )
+            async with claim as response:
+                assert response.status == 200
+        assert await bot_otk_count(crypto_synapse, http) <= full - 30
+        await ping(nio, room_id)  # any transaction carries the count
+        deadline = time.monotonic() + 15
+        while (count := await bot_otk_count(crypto_synapse, http)) < 50:
+            assert time.monotonic() < deadline, f"one-time keys not topped up ({count})"
+            await asyncio.sleep(0.2)
+
+
+async def test_a_restart_keeps_the_crypto_store_and_a_lost_one_is_refused(
+    e2ee_therapist: E2EEUser,
+    crypto_alcove: AlcoveProcess,
+    crypto_synapse: DevStack,
+    db_url: str,
+    tmp_path: Path,
+) -> None:
+    nio = e2ee_therapist
+    room_id = await encrypted_dm(nio)
+    await ping(nio, room_id)
+
+    crypto_alcove.terminate()
+    await crypto_alcove.start()  # same database: same Olm account, same Megolm sessions
+    await ping(nio, room_id)
+
+    crypto_alcove.terminate()
+    fresh = alcove_on(crypto_synapse, f"sqlite:{tmp_path / 'fresh.db'}", tmp_path / "fresh.log")
+    with pytest.raises(RuntimeError) as refused:
+        await fresh.start()
+    fresh.terminate()
+    assert "Alcove's crypto store has none" in str(refused.value)
+    assert "/_synapse/admin/v2/users/@alcove:localhost/devices/ALCOVE" in str(refused.value)
