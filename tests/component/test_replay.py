@@ -94,6 +94,9 @@ class World:
             OutboxRepo(self.db), DeviceRepo(self.db), self.gateway, self.clock, Metrics()
         )
         bot = Bot(self.config, self.gateway, outbox, self.db, self.clock)
+        # The therapist types in their owned management room (private replies answer there).
+        await bot.conversations.repo.set_management_room(THERAPIST, MGMT, owned=True)
+        self.gateway.memberships[MGMT] = {THERAPIST: "join", self.config.bot_user_id: "join"}
         inbox = Inbox(
             InboxRepo(self.db),
             Dispatcher(self.config.bot_user_id, bot).handle,
