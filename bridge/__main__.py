@@ -28,7 +28,14 @@ def _parser() -> argparse.ArgumentParser:
     doc = sub.add_parser("doctor", help="check the homeserver, tokens, ping and admin flag")
     doc.add_argument("-c", "--config", default="config.yaml")
     dev = sub.add_parser("dev", help="throwaway Synapse + Alcove on 127.0.0.1 with SQLite")
-    dev.add_argument("--state-dir", default=".alcove-dev", type=Path)
+    dev.add_argument(
+        "--state-dir", type=Path, help="default .alcove-dev (.alcove-dev-workers with --workers)"
+    )
+    dev.add_argument(
+        "--workers",
+        action="store_true",
+        help="Synapse split into workers (PostgreSQL, Redis, nginx; see README)",
+    )
     return parser
 
 
@@ -75,10 +82,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "dev":
         from .config import LoggingConfig
-        from .devstack import run_dev
 
-        setup_logging(LoggingConfig(level="INFO", file=args.state_dir / "alcove.log"))
-        asyncio.run(run_dev(args.state_dir))
+        state_dir = args.state_dir or Path(".alcove-dev-workers" if args.workers else ".alcove-dev")
+        setup_logging(LoggingConfig(level="INFO", file=state_dir / "alcove.log"))
+        if args.workers:
+            from .devstack_workers import run_dev_workers
+
+            asyncio.run(run_dev_workers(state_dir))
+        else:
+            from .devstack import run_dev
+
+            asyncio.run(run_dev(state_dir))
         return 0
     raise AssertionError(args.command)
 
