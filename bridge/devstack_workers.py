@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .config import Config, load_config
-from .devstack import SERVER_NAME, DevStack, DevUser, element_instructions, free_port
+from .devstack import SERVER_NAME, DevStack, element_instructions, free_port
 from .devstack_nginx import find_nginx, nginx_config
 from .errors import StartupError
 from .registration import dump_yaml
@@ -255,6 +255,9 @@ class WorkerDevStack(DevStack):
         """Remove the homeserver's database (the tests' and the bench's clean-up)."""
         import psycopg2
 
+        if not self.workers_path.exists():
+            return  # never prepared: no database was created
+
         conn = psycopg2.connect(self.postgres_dsn, connect_timeout=5)
         conn.autocommit = True
         try:
@@ -426,10 +429,10 @@ def process_table(stack: WorkerDevStack) -> str:
     return "  Processes:  " + ", ".join(f"{name} ({pid})" for name, pid in stack.pids.items())
 
 
-async def run_dev_workers(state_dir: Path, users: tuple[DevUser, ...] | None = None) -> None:
+async def run_dev_workers(state_dir: Path) -> None:
     from .app import run_until_signalled
 
-    stack_dev = WorkerDevStack(state_dir) if users is None else WorkerDevStack(state_dir, users)
+    stack_dev = WorkerDevStack(state_dir)
     config = stack_dev.prepare()
     print(
         f"Starting Synapse in workers: main, {stack_dev.event_persisters} event persisters, "

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import nio
 import psycopg2
 import pytest
 
@@ -27,12 +28,14 @@ from bridge.devstack_workers import (
     WorkerDevStack,
     redis_subscribers,
 )
+from bridge.errors import StartupError
 from tests.conftest import PG_DSN
 from tests.support.alcove_process import AlcoveProcess
 from tests.support.matrix_client import MatrixUser, body_is
 from tests.support.scenario import (
     BOT,
     THERAPIST,
+    Added,
     add_client,
     add_many,
     bodies,
@@ -144,6 +147,8 @@ async def test_blast_reaches_each_client_exactly_once(
         f"Delivered to {len(names)} of {len(names)} clients; failed: 0."
         in (report["content"]["body"])
     )
+    # One client is a real third-party client (matrix-nio), syncing through nginx too.
+    assert "Workers hold together" in await nio_timeline(synapse, people[0], "Workers hold")
     clients = [await login(http, synapse, p) for p in people]
     for person, client in zip(people, clients, strict=True):
         await client.wait_for(body_is(person.room_id, THERAPIST, "Workers hold together"))
@@ -152,6 +157,31 @@ async def test_blast_reaches_each_client_exactly_once(
         got = bodies(await client.room_messages(person.room_id))
         assert got.count("Workers hold together") == 1, person
     assert_sharded(synapse, [p.room_id for p in people] + [mgmt])
+
+
+async def nio_timeline(stack: WorkerDevStack, person: Added, wanted: str) -> list[str]:
+    """The bodies in ``person``'s room as matrix-nio sees them once one contains ``wanted``."""
+    client = nio.AsyncClient(
+        stack.homeserver_url,
+        person.user_id,
+        config=nio.AsyncClientConfig(encryption_enabled=False, store_sync_tokens=False),
+    )
+    try:
+        login_resp = await client.login(person.password)
+        assert isinstance(login_resp, nio.LoginResponse), login_resp
+        seen: list[str] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            sync = await client.sync(timeout=2000)
+            assert isinstance(sync, nio.SyncResponse), sync
+            room = sync.rooms.join.get(person.room_id)
+            if room is not None:
+                seen += [e.body for e in room.timeline.events if isinstance(e, nio.RoomMessageText)]
+            if any(wanted in body for body in seen):
+                return seen
+        raise TimeoutError(f"nio never saw {wanted!r}; saw {seen}")
+    finally:
+        await client.close()
 
 
 def assert_sharded(stack: WorkerDevStack, rooms: list[str]) -> None:
@@ -190,3 +220,12 @@ async def test_scheduled_message_is_delivered_once(
     assert time.monotonic() - started < 15
     await asyncio.sleep(2)
     assert bodies(await client.room_messages(gus.room_id)).count("See you at ten") == 1
+
+
+def test_a_second_worker_stack_on_the_same_redis_is_refused(
+    synapse: WorkerDevStack, tmp_path: Path
+) -> None:
+    """Redis pub/sub channels are named after the server name, whatever the database number:
+    a second `localhost` stack would take this one's replication traffic."""
+    with pytest.raises(StartupError, match="Another Synapse with server name 'localhost'"):
+        WorkerDevStack(tmp_path)._check_redis()
