@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ DEFAULT_POSTGRES = "postgres://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = ("127.0.0.1", 6379)
 APPSERVICE_WORKER = "appservice1"
 CLIENT_WORKER = "client1"
+WORKER_APP = "synapse.app.generic_worker"
 
 
 @dataclass
@@ -53,6 +55,8 @@ class WorkerDevStack(DevStack):
     postgres_dsn: str = DEFAULT_POSTGRES  # a maintenance database: the stack creates its own
     redis: tuple[str, int] = DEFAULT_REDIS
     _children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _stopping: bool = field(default=False, repr=False)
 
     # ------------------------------------------------------------------ layout
 
@@ -203,7 +207,7 @@ class WorkerDevStack(DevStack):
             }
             (workers / f"{name}.log.yaml").write_text(dump_yaml(log_config))
             worker = {
-                "worker_app": "synapse.app.generic_worker",
+                "worker_app": WORKER_APP,
                 "worker_name": name,
                 "worker_listeners": [
                     {
@@ -300,46 +304,20 @@ class WorkerDevStack(DevStack):
             self._check_redis()
         deadline = time.monotonic() + timeout
         syn = self.state_dir / "synapse"
+        shared = ["-c", str(syn / "homeserver.yaml")]
+        nginx_dir = self.state_dir / "nginx"
+        with self._lock:
+            self._stopping = False
         try:
-            self._process = self._spawn(
-                "main",
-                [
-                    sys.executable,
-                    "-m",
-                    "synapse.app.homeserver",
-                    "-c",
-                    str(syn / "homeserver.yaml"),
-                ],
-            )
+            self._spawn("main", [sys.executable, "-m", "synapse.app.homeserver", *shared])
             self._wait_http("main", f"http://127.0.0.1:{self._port('main')}/health", deadline)
             for name in self.worker_names:
-                self._children[name] = self._spawn(
-                    name,
-                    [
-                        sys.executable,
-                        "-m",
-                        "synapse.app.generic_worker",
-                        "-c",
-                        str(syn / "homeserver.yaml"),
-                        "-c",
-                        str(syn / "workers" / f"{name}.yaml"),
-                    ],
-                )
+                worker = ["-c", str(syn / "workers" / f"{name}.yaml")]
+                self._spawn(name, [sys.executable, "-m", WORKER_APP, *shared, *worker])
             for name in self.worker_names:
                 self._wait_http(name, f"http://127.0.0.1:{self._port(name)}/health", deadline)
-            nginx_dir = self.state_dir / "nginx"
-            self._children["nginx"] = self._spawn(
-                "nginx",
-                [
-                    nginx,
-                    "-p",
-                    str(nginx_dir),
-                    "-c",
-                    str(nginx_dir / "nginx.conf"),
-                    "-e",
-                    str(nginx_dir / "error.log"),
-                ],
-            )
+            conf = ["-c", str(nginx_dir / "nginx.conf"), "-e", str(nginx_dir / "error.log")]
+            self._spawn("nginx", [nginx, "-p", str(nginx_dir), *conf])
             self._wait_http("nginx", f"{self.homeserver_url}/_matrix/client/versions", deadline)
         except BaseException:
             self.stop()
@@ -352,11 +330,14 @@ class WorkerDevStack(DevStack):
             return self.state_dir / "nginx" / "stdout.log"
         return self.state_dir / "synapse" / "workers" / f"{name}.stdout.log"
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        out = self._log_path(name).open("ab")
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        """Start one process of the stack, unless stop() has begun (start() runs in a thread
+        for `alcove dev --workers`; Ctrl-C may stop the stack while it starts)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("ALCOVE__")}
-        try:
-            return subprocess.Popen(
+        with self._lock, self._log_path(name).open("ab") as out:
+            if self._stopping:
+                raise StartupError("the stack was stopped while starting")
+            proc = subprocess.Popen(
                 argv,
                 cwd=self.state_dir / "synapse",
                 stdout=out,
@@ -364,13 +345,15 @@ class WorkerDevStack(DevStack):
                 env=env,
                 start_new_session=True,  # Ctrl-C reaches Alcove, which then stops these
             )
-        finally:
-            out.close()
+            if name == "main":
+                self._process = proc
+            else:
+                self._children[name] = proc
 
     def _wait_http(self, name: str, url: str, deadline: float) -> None:
         proc = self._process if name == "main" else self._children[name]
         assert proc is not None
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self._stopping:
             if proc.poll() is not None:
                 tail = self._log_path(name).read_text(errors="replace")[-3000:]
                 raise StartupError(f"{name} exited with {proc.returncode}:\n{tail}")
@@ -384,8 +367,11 @@ class WorkerDevStack(DevStack):
 
     def stop(self, timeout: float = 30.0) -> None:
         """nginx first, then the workers, then the main process (DevStack.stop)."""
-        for group in (["nginx"], [n for n in self._children if n != "nginx"]):
-            procs = [self._children.pop(n) for n in group if n in self._children]
+        with self._lock:
+            self._stopping = True
+            children, self._children = self._children, {}
+        for group in (["nginx"], [n for n in children if n != "nginx"]):
+            procs = [children[n] for n in group if n in children]
             for proc in procs:
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGTERM)
@@ -395,7 +381,8 @@ class WorkerDevStack(DevStack):
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-        super().stop(timeout)
+        with self._lock:
+            super().stop(timeout)
 
     @property
     def running(self) -> bool:

@@ -99,3 +99,14 @@ def test_nginx_accepts_the_generated_config(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_nothing_starts_once_stop_has_begun(tmp_path: Path) -> None:
+    """`alcove dev --workers` starts the stack in a thread: Ctrl-C stops it meanwhile, and the
+    starting thread must not leave a process behind."""
+    stack = WorkerDevStack(tmp_path)
+    (tmp_path / "synapse").mkdir()
+    stack.stop()
+    with pytest.raises(StartupError, match="stopped while starting"):
+        stack._spawn("main", ["true"])
+    assert stack._process is None and stack.pids == {}
