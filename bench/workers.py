@@ -28,12 +28,14 @@ import asyncio
 import json
 import os
 import secrets
+import sqlite3
 import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import aiohttp
 
@@ -180,20 +182,36 @@ async def one_shape(
         token = read_doublepuppet_token(config.appservice.doublepuppet_registration)
         assert token is not None
 
+        commands: list[str] = []
+
         async def blast() -> None:
             command = await therapist.send_text(
                 mgmt, f"!blast all Bench blast {secrets.token_hex(3)}"
             )
+            commands.append(command)
             await report_accepted(state / "alcove.db", command, timeout=1800)
 
         async def plain() -> None:
             await baseline(http, url, token, rooms)
 
         await plain()  # warm-up: Synapse's caches after the restart
-        return [
+        results = [
             await timed(shape, rnd, "blast", stack, alcove, blast),
             await timed(shape, rnd, "baseline", stack, alcove, plain),
         ]
+        # Not timed: what Alcove reported, as the therapist reads it.
+        with sqlite3.connect(state / "alcove.db") as db:
+            (event_id,) = db.execute(
+                "SELECT event_id FROM outbox WHERE key = ?", (f"reply:{commands[0]}:1",)
+            ).fetchone()
+        _, event = await therapist.raw(
+            "GET", f"/_matrix/client/v3/rooms/{quote(mgmt)}/event/{quote(event_id)}"
+        )
+        line = str(event["content"]["body"]).splitlines()[0]
+        print(f"   Alcove report: {line}", flush=True)
+        if f"Delivered to {clients} of {clients}" not in line:
+            raise SystemExit(f"blast incomplete in {shape}: {line}")
+        return results
 
 
 def report(clients: int, results: list[Result], load_before: tuple[float, ...]) -> None:
