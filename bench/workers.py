@@ -13,6 +13,7 @@ Per shape and round: start the homeserver, start Alcove, wait until the machine 
 uncounted warm-up of N plain sends, then the timed phases:
   blast     `!blast all <text>` until Alcove's report is accepted (read from Alcove's database)
   baseline  N plain concurrent sends as the therapist (32 at a time), no Alcove
+Each blast's report must read "Delivered to N of N" (checked after the timing).
 CPU seconds of Synapse (all its processes), nginx, Alcove and this process are shown per phase.
 
 The machine is shared and has 2 cores: every process of the stack competes for them, so extra

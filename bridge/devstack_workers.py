@@ -413,7 +413,8 @@ def redis_subscribers(host: str, port: int, channel: str) -> int:
 
 
 def process_table(stack: WorkerDevStack) -> str:
-    return "  Processes:  " + ", ".join(f"{name} ({pid})" for name, pid in stack.pids.items())
+    procs = ", ".join(f"{name} ({pid})" for name, pid in stack.pids.items())
+    return f"  Processes:  {procs}\n  (`alcove dev --workers` again reuses this state.)\n"
 
 
 async def run_dev_workers(state_dir: Path) -> None:

@@ -110,3 +110,11 @@ def test_nothing_starts_once_stop_has_begun(tmp_path: Path) -> None:
     with pytest.raises(StartupError, match="stopped while starting"):
         stack._spawn("main", ["true"])
     assert stack._process is None and stack.pids == {}
+
+
+def test_alcove_dev_workers_has_a_state_dir_of_its_own() -> None:
+    from bridge.__main__ import _parser
+
+    args = _parser().parse_args(["dev", "--workers"])
+    assert args.workers and args.state_dir is None  # → .alcove-dev-workers
+    assert not _parser().parse_args(["dev"]).workers
