@@ -29,6 +29,8 @@ lint: $(STAMP)
 ## test: lint and types first, then every test on SQLite and PostgreSQL, with a real Synapse
 test: lint
 	scripts/ensure-postgres
+	scripts/ensure-redis
+	scripts/ensure-nginx
 	$(BIN)/pytest
 
 ## bench: round-trip benchmark against a throwaway Synapse (not part of test)

@@ -38,11 +38,18 @@ def _parser() -> argparse.ArgumentParser:
         help="homeserver.yaml (default: homeserver.synapse_config from the config)",
     )
     dev = sub.add_parser("dev", help="throwaway Synapse + Alcove on 127.0.0.1 with SQLite")
-    dev.add_argument("--state-dir", default=".alcove-dev", type=Path)
+    dev.add_argument(
+        "--state-dir", type=Path, help="default .alcove-dev (.alcove-dev-workers with --workers)"
+    )
     dev.add_argument(
         "--encryption",
         action="store_true",
         help="the bot as a crypto-capable member (encryption.enabled; issue 11, incomplete)",
+    )
+    dev.add_argument(
+        "--workers",
+        action="store_true",
+        help="Synapse split into workers (PostgreSQL, Redis, nginx; see README)",
     )
     return parser
 
@@ -103,10 +110,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "dev":
         from .config import LoggingConfig
-        from .devstack import run_dev
 
-        setup_logging(LoggingConfig(level="INFO", file=args.state_dir / "alcove.log"))
-        asyncio.run(run_dev(args.state_dir, encryption=args.encryption))
+        if args.workers and args.encryption:
+            _parser().error("--encryption is not available with --workers yet; use one of them")
+        state_dir = args.state_dir or Path(".alcove-dev-workers" if args.workers else ".alcove-dev")
+        setup_logging(LoggingConfig(level="INFO", file=state_dir / "alcove.log"))
+        if args.workers:
+            from .devstack_workers import run_dev_workers
+
+            asyncio.run(run_dev_workers(state_dir))
+        else:
+            from .devstack import run_dev
+
+            asyncio.run(run_dev(state_dir, encryption=args.encryption))
         return 0
     raise AssertionError(args.command)
 
