@@ -31,7 +31,7 @@ import re
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,20 +195,44 @@ async def alcove_round(inst: Instance, count: int, offset: int, timeout: float =
         result.append(count / (end - t0))
 
     phase = await meter.phase(inst.name, run)
-    inst.cpu.append({k: v / phase.seconds for k, v in phase.cpu.items()})
+    inst.cpu.append(
+        {
+            "alcove_ms": phase.cpu["alcove"] * 1000 / count,  # CPU per command
+            "alcove": phase.cpu["alcove"] / phase.seconds,  # share of one core
+            "bench": phase.cpu["bench"] / phase.seconds,
+        }
+    )
     await drain(inst.fake)
     return result[0]
 
 
+SynapseRound = Callable[[], Awaitable[tuple[float, float]]]
+"""One round: (events/s, Synapse's CPU milliseconds per event)."""
+
+
 @asynccontextmanager
-async def synapse_stack(state: Path) -> AsyncIterator[tuple[DevStack, aiohttp.ClientSession]]:
+async def synapse_load(state: Path, events: int) -> AsyncIterator[SynapseRound | None]:
+    """A throwaway Synapse with rooms for the senders, warmed up; yields one round's runner
+    (None with ``events`` 0: Alcove only, e.g. while profiling)."""
+    if events <= 0:
+        yield None
+        return
     stack = DevStack(state, users=SENDERS)
     config = stack.prepare()
     stack.start()
     try:
         await stack.bootstrap(config)
+        token = read_doublepuppet_token(
+            load_config(stack.config_path, environ={}).appservice.doublepuppet_registration
+        )
+        assert token is not None
         async with aiohttp.ClientSession() as http:
-            yield stack, http
+            url = stack.homeserver_url
+            rooms = await synapse_rooms(http, url, token, 16)
+            assert stack._process is not None
+            meter = Meter({"synapse": stack._process.pid})
+            await synapse_round(http, url, token, rooms, events, meter)  # warm-up, not counted
+            yield lambda: synapse_round(http, url, token, rooms, events, meter)
     finally:
         stack.stop()
 
@@ -234,19 +258,31 @@ async def synapse_rooms(
 
 
 async def synapse_round(
-    http: aiohttp.ClientSession, url: str, token: str, rooms: dict[str, list[str]], events: int
-) -> float:
-    """Events/s Synapse creates from concurrent senders (32 requests in flight in all)."""
+    http: aiohttp.ClientSession,
+    url: str,
+    token: str,
+    rooms: dict[str, list[str]],
+    events: int,
+    meter: Meter,
+) -> tuple[float, float]:
+    """Events/s Synapse creates from concurrent senders (32 requests in flight in all), and
+    its CPU milliseconds per event."""
     per = events // len(rooms)
     share = 32 // len(rooms)
-    t0 = time.perf_counter()
-    await asyncio.gather(
-        *(
-            baseline(http, url, token, (r * (per // len(r) + 1))[:per], sender=s, concurrency=share)
-            for s, r in rooms.items()
+
+    async def run() -> None:
+        await asyncio.gather(
+            *(
+                baseline(
+                    http, url, token, (r * (per // len(r) + 1))[:per], sender=s, concurrency=share
+                )
+                for s, r in rooms.items()
+            )
         )
-    )
-    return per * len(rooms) / (time.perf_counter() - t0)
+
+    phase = await meter.phase("synapse", run)
+    sent = per * len(rooms)
+    return sent / phase.seconds, phase.cpu["synapse"] * 1000 / sent
 
 
 async def catch_up(inst: Instance, timeout: float = 600) -> None:
@@ -280,7 +316,7 @@ async def measure(args: argparse.Namespace, state: Path) -> None:
 
     pg_urls: list[str] = []
     instances: list[Instance] = []
-    synapse_rates: list[float] = []
+    synapse_rates: list[tuple[float, float]] = []
     try:
         for name in args.db:
             if name == "sqlite":
@@ -302,27 +338,28 @@ async def measure(args: argparse.Namespace, state: Path) -> None:
                 f"{args.rooms} rooms (seeded in {inst.figures['seed_seconds']:.1f} s)",
                 flush=True,
             )
-        async with synapse_stack(state / "synapse") as (stack, http):
-            url = stack.homeserver_url
-            config = load_config(stack.config_path, environ={})
-            token = read_doublepuppet_token(config.appservice.doublepuppet_registration)
-            assert token is not None
-            rooms = await synapse_rooms(http, url, token, 16)
-            await synapse_round(http, url, token, rooms, args.synapse_events)  # warm-up
+        async with synapse_load(state / "synapse", args.synapse_events) as synapse:
             offset = 0
             for inst in instances:  # warm-up
                 await alcove_round(inst, min(500, args.pings), offset)
             offset += args.pings
             for r in range(args.rounds + 1):  # S A A S A A ... S
-                rate = await synapse_round(http, url, token, rooms, args.synapse_events)
-                synapse_rates.append(rate)
-                print(f"  synapse   {rate:8.0f} events/s", flush=True)
+                if synapse is not None:
+                    rate, cpu_ms = await synapse()
+                    synapse_rates.append((rate, cpu_ms))
+                    print(
+                        f"  synapse   {rate:8.0f} events/s   {cpu_ms:5.2f} ms CPU each", flush=True
+                    )
                 if r == args.rounds:
                     break
                 for inst in instances:
                     rate = await alcove_round(inst, args.pings, offset)
                     inst.rates.append(rate)
-                    print(f"  {inst.name:9} {rate:8.0f} commands/s", flush=True)
+                    print(
+                        f"  {inst.name:9} {rate:8.0f} commands/s "
+                        f"{inst.cpu[-1]['alcove_ms']:5.2f} ms CPU each",
+                        flush=True,
+                    )
                 offset += args.pings
         for inst in instances:
             await catch_up(inst)
@@ -341,24 +378,33 @@ async def measure(args: argparse.Namespace, state: Path) -> None:
             await drop_pg_database(url)
 
 
-def report(args: argparse.Namespace, instances: list[Instance], synapse: list[float]) -> None:
-    syn = statistics.median(synapse)
+def report(
+    args: argparse.Namespace, instances: list[Instance], synapse: list[tuple[float, float]]
+) -> None:
+    syn = statistics.median(r for r, _ in synapse) if synapse else float("nan")
+    syn_cpu = statistics.median(c for _, c in synapse) if synapse else float("nan")
     print()
     print(
-        f"Synapse event creation, concurrent senders: median {syn:.0f} events/s "
-        f"(rounds: {', '.join(f'{r:.0f}' for r in synapse)})"
+        f"Synapse event creation, concurrent senders: median {syn:.0f} events/s, "
+        f"{syn_cpu:.2f} ms of Synapse CPU per event "
+        f"(rounds: {', '.join(f'{r:.0f}' for r, _ in synapse)})"
     )
     for inst in instances:
         f = inst.figures
         rate = statistics.median(inst.rates)
-        alcove_cpu = statistics.median(c["alcove"] for c in inst.cpu)
-        bench_cpu = statistics.median(c["bench"] for c in inst.cpu)
+        cpu_ms = statistics.median(c["alcove_ms"] for c in inst.cpu)
+        alcove_busy = statistics.median(c["alcove"] for c in inst.cpu)
+        bench_busy = statistics.median(c["bench"] for c in inst.cpu)
         print(
-            f"Alcove/{inst.name}: median {rate:.0f} commands/s "
-            f"(rounds: {', '.join(f'{r:.0f}' for r in inst.rates)}); "
-            f"CPU busy: Alcove {alcove_cpu:.0%}, fake homeserver + load {bench_cpu:.0%}"
+            f"Alcove/{inst.name}: median {rate:.0f} commands/s, {cpu_ms:.2f} ms of Alcove CPU "
+            f"per command (rounds: {', '.join(f'{r:.0f}' for r in inst.rates)}); busy: Alcove "
+            f"{alcove_busy:.0%} of a core, fake homeserver + load {bench_busy:.0%}"
         )
-        print(f"  ceiling ratio Alcove/{inst.name} / Synapse: {rate / syn:.1f}x (goal >= 20x)")
+        print(
+            f"  ceiling ratio, same run: Alcove/{inst.name} commands/s / Synapse events/s = "
+            f"{rate / syn:.1f}x (goal >= 20x); CPU per event, Synapse / Alcove = "
+            f"{syn_cpu / cpu_ms:.1f}x"
+        )
         print(
             f"  start-up to ready: {f['startup_empty']:.2f} s empty database, "
             f"{f['startup_seeded']:.2f} s with {args.clients} clients and {args.rooms} rooms, "
@@ -376,8 +422,7 @@ def report(args: argparse.Namespace, instances: list[Instance], synapse: list[fl
             f"{args.clients} clients, {f['rss_after_load']:.0f} MiB after the load "
             f"(peak {f['hwm_after_load']:.0f}), {f['rss_after_catchup']:.0f} MiB after catch-up"
         )
-        replies = inst.fake.replies
-        dupes = sum(1 for n in replies.values() if n > 1)
+        dupes = sum(1 for n in inst.fake.replies.values() if n > 1)
         print(f"  commands answered more than once: {dupes}")
 
 
