@@ -186,6 +186,7 @@ async def alcove_round(inst: Instance, count: int, offset: int, timeout: float =
     events = ping_events(inst, count, offset)
     done = inst.fake.watch(e["event_id"] for e in events)
     meter = Meter({"alcove": inst.pid, "bench": os.getpid()})
+    pushing = inst.fake.push_seconds
     result: list[float] = []
 
     async def run() -> None:
@@ -200,6 +201,8 @@ async def alcove_round(inst: Instance, count: int, offset: int, timeout: float =
             "alcove_ms": phase.cpu["alcove"] * 1000 / count,  # CPU per command
             "alcove": phase.cpu["alcove"] / phase.seconds,  # share of one core
             "bench": phase.cpu["bench"] / phase.seconds,
+            # share of the time a transaction was in flight (Synapse keeps one at a time)
+            "pushing": (inst.fake.push_seconds - pushing) / phase.seconds,
         }
     )
     await drain(inst.fake)
@@ -395,10 +398,12 @@ def report(
         cpu_ms = statistics.median(c["alcove_ms"] for c in inst.cpu)
         alcove_busy = statistics.median(c["alcove"] for c in inst.cpu)
         bench_busy = statistics.median(c["bench"] for c in inst.cpu)
+        pushing = statistics.median(c["pushing"] for c in inst.cpu)
         print(
             f"Alcove/{inst.name}: median {rate:.0f} commands/s, {cpu_ms:.2f} ms of Alcove CPU "
             f"per command (rounds: {', '.join(f'{r:.0f}' for r in inst.rates)}); busy: Alcove "
-            f"{alcove_busy:.0%} of a core, fake homeserver + load {bench_busy:.0%}"
+            f"{alcove_busy:.0%} of a core, fake homeserver + load {bench_busy:.0%}; a "
+            f"transaction in flight to Alcove {pushing:.0%} of the time"
         )
         print(
             f"  ceiling ratio, same run: Alcove/{inst.name} commands/s / Synapse events/s = "

@@ -66,6 +66,7 @@ class FakeHomeserver:
         self.pushed = 0
         self.transactions = 0
         self.push_failures = 0
+        self.push_seconds = 0.0  # time with a transaction in flight (Alcove taking it)
         self.last_messages_at = 0.0
         self.first_joined_rooms_at = 0.0
         self._ids = itertools.count(1)
@@ -179,6 +180,7 @@ class FakeHomeserver:
             batch = self._queue[:MAX_EVENTS_PER_TRANSACTION]
             body = json.dumps({"events": batch}).encode()
             url = f"{self.appservice_url}/_matrix/app/v1/transactions/{next(self._txn)}"
+            started = time.perf_counter()
             while True:  # the same transaction until Alcove takes it, as Synapse does
                 try:
                     async with self._http.put(
@@ -198,6 +200,7 @@ class FakeHomeserver:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
             delay = 0.1
+            self.push_seconds += time.perf_counter() - started
             del self._queue[: len(batch)]
             self.transactions += 1
             self.pushed += len(batch)
