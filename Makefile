@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test lint install clean bench
+.PHONY: run test lint install clean bench bench-ceiling
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ test: lint
 ## bench: round-trip benchmark against a throwaway Synapse (not part of test)
 bench: $(STAMP)
 	$(BIN)/python -m bench.rtt
+
+## bench-ceiling: Alcove against a fast fake homeserver vs one Synapse's event rate (SQLite + PostgreSQL)
+bench-ceiling: $(STAMP)
+	scripts/ensure-postgres
+	$(BIN)/python -m bench.ceiling
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -100,10 +100,12 @@ async def baseline(
     token: str,
     rooms: list[str],
     device_id: str | None = None,
+    sender: str = THERAPIST,
+    concurrency: int = 32,
 ) -> None:
-    """N sends, 32 at a time. With ``device_id``, the same requests Alcove makes for crash-safe
-    dedupe (Synapse then stores each transaction id with the device)."""
-    slots = asyncio.Semaphore(32)
+    """N sends as ``sender``, ``concurrency`` at a time. With ``device_id``, the same requests
+    Alcove makes for crash-safe dedupe (Synapse then stores each transaction id with the device)."""
+    slots = asyncio.Semaphore(concurrency)
     tag = secrets.token_hex(4)
 
     async def one(i: int, room: str) -> None:
@@ -112,7 +114,7 @@ async def baseline(
             slots,
             http.put(
                 url + path,
-                params={"user_id": THERAPIST, **({"device_id": device_id} if device_id else {})},
+                params={"user_id": sender, **({"device_id": device_id} if device_id else {})},
                 json={"msgtype": "m.text", "body": "Baseline message"},
                 headers={"Authorization": f"Bearer {token}"},
             ) as resp,

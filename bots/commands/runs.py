@@ -9,6 +9,8 @@ from mautrix.util.async_db import Database
 KEEP_MS = 24 * 3600 * 1000
 """Rows older than this (by the command's own time) are dropped: edits are judged within
 minutes."""
+PRUNE_EVERY_MS = 60 * 1000
+"""Old rows are looked for at most this often (by commands' times), not at every command."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class CommandRun:
 class CommandRuns:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._pruned_at: int | None = None
 
     async def record(
         self,
@@ -46,7 +49,11 @@ class CommandRuns:
             thread_root,
             event_id if ran else None,
         )
-        await self.db.execute("DELETE FROM command_run WHERE sent_at < $1", sent_at - KEEP_MS)
+        pruned = self._pruned_at
+        if pruned is None or not 0 <= sent_at - pruned < PRUNE_EVERY_MS:
+            # A statement per command would be a tenth of a command's database work.
+            await self.db.execute("DELETE FROM command_run WHERE sent_at < $1", sent_at - KEEP_MS)
+            self._pruned_at = sent_at
 
     async def get(self, event_id: str) -> CommandRun | None:
         row = await self.db.fetchrow(

@@ -13,6 +13,7 @@ from .database import transaction
 PENDING = "pending"
 DONE = "done"
 FAILED = "failed"
+ADD_CHUNK = 100  # events per INSERT: 300 parameters, well below either database's limit
 
 
 @dataclass(frozen=True)
@@ -46,26 +47,37 @@ class InboxRepo:
         """Persist a transaction's events in one database transaction. Returns only the events
         not seen before (dedupe by event id), in the order Synapse sent them."""
         new: list[InboxRow] = []
-        q = (
+        async with transaction(self.db):
+            for start in range(0, len(events), ADD_CHUNK):
+                new += await self._add_chunk(txn_id, events[start : start + ADD_CHUNK], now_ms)
+        return new
+
+    async def _add_chunk(
+        self, txn_id: str, events: list[dict[str, Any]], now_ms: int
+    ) -> list[InboxRow]:
+        """One multi-row INSERT: on SQLite every statement is a round trip to the database
+        thread, so one per event would cost more than the writing."""
+        values = []
+        args: list[Any] = [txn_id, PENDING, now_ms]
+        for event in events:
+            n = len(args)
+            values.append(f"(${n + 1}, ${n + 2}, $1, ${n + 3}, $2, 0, $3, $3)")
+            args += [event["event_id"], event["room_id"], json.dumps(event)]
+        inserted = await self.db.fetch(
             "INSERT INTO inbox_event (event_id, room_id, txn_id, body, status, attempts,"
-            " next_attempt_at, received_at) VALUES ($1, $2, $3, $4, $5, 0, $6, $6)"
-            " ON CONFLICT (event_id) DO NOTHING RETURNING seq"
+            " next_attempt_at, received_at) VALUES "
+            + ", ".join(values)
+            + " ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id",
+            *args,
         )
-        async with transaction(self.db) as conn:
-            for event in events:
-                seq = await conn.fetchval(
-                    q,
-                    event["event_id"],
-                    event["room_id"],
-                    txn_id,
-                    json.dumps(event),
-                    PENDING,
-                    now_ms,
+        seqs = {r["event_id"]: r["seq"] for r in inserted}
+        new: list[InboxRow] = []
+        for event in events:  # in the transaction's order; a repeated id counts once
+            seq = seqs.pop(event["event_id"], None)
+            if seq is not None:
+                new.append(
+                    InboxRow(seq, event["event_id"], event["room_id"], event, 0, now_ms, now_ms)
                 )
-                if seq is not None:
-                    new.append(
-                        InboxRow(seq, event["event_id"], event["room_id"], event, 0, now_ms, now_ms)
-                    )
         return new
 
     async def pending(self) -> list[InboxRow]:

@@ -11,7 +11,7 @@ from bots.commands.context import CommandContext
 from bots.commands.incoming import Incoming, read_message
 from bots.commands.registry import CommandRegistry
 from bots.commands.router import EDIT_NOT_APPLIED, CommandRouter
-from bots.commands.runs import CommandRuns
+from bots.commands.runs import KEEP_MS, CommandRuns
 from bots.commands.spec import CommandSpec
 from bots.features.core.commands import COMMANDS
 
@@ -147,3 +147,16 @@ async def test_only_ids_and_times_are_kept(db: Database) -> None:
     row = await db.fetchrow("SELECT * FROM command_run")
     assert row is not None
     assert "ann" not in " ".join(str(v) for v in dict(row).values())
+
+
+async def test_runs_older_than_a_day_are_dropped(db: Database) -> None:
+    runs = CommandRuns(db)
+    day = KEEP_MS
+    await runs.record("$old", "!r:x", "@t:x", 0, None, True)
+    await runs.record("$a", "!r:x", "@t:x", day - MINUTE, None, True)
+    await runs.record("$b", "!r:x", "@t:x", day + MINUTE, None, True)
+    assert await runs.get("$old") is None
+    await runs.record("$c", "!r:x", "@t:x", day + MINUTE + 1000, None, True)  # within a minute
+    await runs.record("$d", "!r:x", "@t:x", 2 * day + MINUTE, None, True)
+    assert await runs.get("$a") is None
+    assert [await runs.get(e) is not None for e in ("$b", "$c", "$d")] == [True, True, True]

@@ -52,6 +52,21 @@ async def test_replayed_transaction_is_processed_once(db: Database) -> None:
     assert rec.seen == [e["event_id"] for e in events]
 
 
+async def test_add_returns_only_new_events_in_order_across_chunks(db: Database) -> None:
+    """A large transaction (catch-up offers hundreds) with ids seen before and an id repeated
+    within it: each new event once, in the transaction's order, with increasing seqs."""
+    repo = InboxRepo(db)
+    seen = [message(f"!r{i % 7}:x", "@u:x", f"old{i}") for i in range(30)]
+    await repo.add("t1", seen, 1)
+    fresh = [message(f"!r{i % 7}:x", "@u:x", f"new{i}") for i in range(230)]
+    offered = [*fresh[:120], *seen, fresh[5], *fresh[120:]]
+    new = await repo.add("t2", offered, 2)
+    assert [r.event_id for r in new] == [e["event_id"] for e in fresh]
+    assert [r.seq for r in new] == sorted({r.seq for r in new})
+    assert all(r.event == e and r.room_id == e["room_id"] for r, e in zip(new, fresh, strict=True))
+    assert [r.event_id for r in await repo.pending()] == [e["event_id"] for e in [*seen, *fresh]]
+
+
 async def test_order_per_room_and_rooms_in_parallel(db: Database) -> None:
     rec = Recorder()
     inbox = make_inbox(db, rec)
