@@ -19,7 +19,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import re
 import secrets
 import signal
@@ -35,7 +34,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .config import Config, load_config
-from .devstack import SERVER_NAME, DevStack, element_instructions, free_port
+from .devstack import SERVER_NAME, DevStack, element_instructions, free_port, synapse_env
 from .devstack_nginx import find_nginx, nginx_config
 from .errors import StartupError
 from .registration import dump_yaml
@@ -333,7 +332,7 @@ class WorkerDevStack(DevStack):
     def _spawn(self, name: str, argv: list[str]) -> None:
         """Start one process of the stack, unless stop() has begun (start() runs in a thread
         for `alcove dev --workers`; Ctrl-C may stop the stack while it starts)."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ALCOVE__")}
+        env = synapse_env()  # alcove_synapse importable for every Synapse process
         with self._lock, self._log_path(name).open("ab") as out:
             if self._stopping:
                 raise StartupError("the stack was stopped while starting")

@@ -149,7 +149,9 @@ async def test_one_time_keys_are_topped_up(
     room_id = await encrypted_dm(nio)
     async with aiohttp.ClientSession() as http:
         full = await bot_otk_count(crypto_synapse, http)
-        assert full >= 50
+        # 50 uploaded; the test client's own Olm session with the bot may have claimed one
+        # already (mautrix tops up only below half), so 49 is as full as 50 here.
+        assert full >= 49
         for _ in range(30):
             claim = http.post(
                 f"{crypto_synapse.homeserver_url}/_matrix/client/v3/keys/claim",
