@@ -160,7 +160,10 @@ async def test_one_time_keys_are_topped_up(
             )
             async with claim as response:
                 assert response.status == 200
-        assert await bot_otk_count(crypto_synapse, http) <= full - 30
+                claimed = (await response.json())["one_time_keys"][BOT]["ALCOVE"]
+                assert len(claimed) == 1  # a one-time key was handed out (and is gone)
+        # 30 of at most 50 are gone; Alcove may already be topping up (it does below half),
+        # so the count seen now proves nothing: only getting back to full does.
         await ping(nio, room_id)  # any transaction carries the count
         deadline = time.monotonic() + 15
         while (count := await bot_otk_count(crypto_synapse, http)) < 50:
