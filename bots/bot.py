@@ -116,9 +116,15 @@ class Bot:
                 *confirmations.specs(),
                 *ConversationCommands(self.conversations, confirmations).specs(),
                 *self.blasts.specs(),
-                *ScheduleCommands(self.schedule, rooms).specs(),
+                *ScheduleCommands(self.schedule, self.conversations).specs(),
                 *PhraseCommands(
-                    config, PhraseRepo(db), rooms, voice, outbox, gateway, self._next_session
+                    config,
+                    PhraseRepo(db),
+                    self.conversations,
+                    voice,
+                    outbox,
+                    gateway,
+                    self.sessions.next_session_at,
                 ).specs(),
                 *AwayCommands(self.away).specs(),
                 *SessionCommands(self.sessions).specs(),
@@ -127,15 +133,11 @@ class Bot:
         self.router = CommandRouter(self.registry, on_refused=self._refused, runs=CommandRuns(db))
         self.management.help_text = self.registry.help_text
 
-    async def _next_session(self, therapist: str, client_id: str) -> str | None:
-        found = await self.sessions.repo.next_for_client(therapist, client_id, ms(self.clock))
-        return self.sessions.local(found.start_at) if found else None
-
     async def role_of(self, user_id: str) -> str | None:
         member = self.config.staff_member(user_id)
         if member is not None:
             return member.role
-        if await self.conversations.repo.client(user_id) is not None:
+        if await self.conversations.client(user_id) is not None:
             return "client"
         return None
 
@@ -171,7 +173,7 @@ class Bot:
         DM is answered once, then left. Anyone else: decline."""
         room_id, inviter = event["room_id"], event["sender"]
         if self.config.staff_member(inviter) is None:
-            client = await self.conversations.repo.client(inviter)
+            client = await self.conversations.client(inviter)
             if client is not None:
                 log.info("Answering a DM from client %s, then leaving it", inviter)
                 await self.management.answer_client_dm(room_id, client)
@@ -204,7 +206,7 @@ class Bot:
         sender = event["sender"]
         room_id = event["room_id"]
         event_id = event["event_id"]
-        room = await self.conversations.repo.room(room_id)
+        room = await self.conversations.room(room_id)
         if room is not None:
             await self.away.on_message(event, room)
         sent_at = event.get("origin_server_ts")

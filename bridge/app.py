@@ -181,7 +181,7 @@ class Alcove:
     async def refresh_metrics(self) -> None:
         await self.inbox.refresh_metrics()
         await self.outbox.refresh_metrics()
-        self.metrics.sessions_pending_purge.set(await self.bot.sessions.repo.pending_purge())
+        self.metrics.sessions_pending_purge.set(await self.bot.sessions.pending_purge())
 
     async def _housekeep(self) -> None:
         while True:
