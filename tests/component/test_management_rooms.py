@@ -20,6 +20,7 @@ from bridge.config import Config
 from bridge.db.outbox_repo import DeviceRepo, OutboxRepo
 from bridge.matrix.outbox import Outbox
 from bridge.metrics import Metrics
+from bridge.wiring import build_bot
 from tests.support.builders import DOMAIN, invite, make_config, message
 from tests.support.fakes import FakeClock, RecordingGateway, RecordingTimers, Sent
 
@@ -78,7 +79,7 @@ async def build(db: Database, tmp_path: Path) -> AsyncIterator[Build]:
         await outbox.start()
         outboxes.append(outbox)
         timers = RecordingTimers()
-        bot = Bot(config, gateway, outbox, db, clock, timers, metrics)
+        bot = build_bot(config, db, gateway, outbox, clock, timers, metrics)
         return World(db, config, gateway, outbox, clock, timers, metrics, bot)
 
     yield make

@@ -31,6 +31,7 @@ from bridge.inbox import Inbox
 from bridge.matrix.gateway import TemporaryError
 from bridge.matrix.outbox import Outbox, txn_id_for
 from bridge.metrics import Metrics
+from bridge.wiring import build_bot
 from tests.support.builders import DOMAIN, make_config, message
 from tests.support.fakes import FakeClock, RecordingGateway
 
@@ -93,7 +94,7 @@ class World:
         outbox = Outbox(
             OutboxRepo(self.db), DeviceRepo(self.db), self.gateway, self.clock, Metrics()
         )
-        bot = Bot(self.config, self.gateway, outbox, self.db, self.clock)
+        bot = build_bot(self.config, self.db, self.gateway, outbox, self.clock)
         # The therapist types in their owned management room (private replies answer there).
         await bot.conversations.repo.set_management_room(THERAPIST, MGMT, owned=True)
         self.gateway.memberships[MGMT] = {THERAPIST: "join", self.config.bot_user_id: "join"}

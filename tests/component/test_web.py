@@ -14,7 +14,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from mautrix.util.async_db import Database
 
-from bots.bot import Bot
 from bots.bot_types import MAX_BODY_BYTES
 from bots.features.conversations.repo import DM, Client, ConversationRepo, Room
 from bots.features.phrases.commands import PhraseRepo
@@ -27,6 +26,7 @@ from bridge.matrix.outbox import AUTOMATED, Outbox
 from bridge.metrics import Metrics
 from bridge.web.server import READY, build_web_app
 from bridge.web.transactions import TransactionEndpoint
+from bridge.wiring import build_bot
 from tests.support.builders import DOMAIN, invite, make_config, message
 from tests.support.fakes import FakeClock, RecordingGateway, RecordingTimers, Sent
 
@@ -67,7 +67,7 @@ async def stack(db: Database, tmp_path: Path) -> AsyncIterator[Stack]:
     gateway = RecordingGateway(bot_user_id=config.bot_user_id, existing_users={THERAPIST})
     outbox = Outbox(OutboxRepo(db), DeviceRepo(db), gateway, clock, metrics)
     timers = RecordingTimers()
-    bot = Bot(config, gateway, outbox, db, clock, timers)
+    bot = build_bot(config, db, gateway, outbox, clock, timers)
     inbox = Inbox(
         InboxRepo(db), Dispatcher(config.bot_user_id, bot).handle, clock, metrics, config.inbox
     )
