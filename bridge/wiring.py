@@ -70,7 +70,7 @@ def build_bot(
     can_decrypt: Callable[[str], bool] | None = None,
 ) -> Bot:
     """The command bot with every feature service and command it uses."""
-    timers = timers or Timers()
+    timers = timers or Timers(clock)
     audit = AuditLog(db, clock)
     rooms = ConversationRepo(db)
     voice = TherapistVoice(config, gateway)
@@ -201,7 +201,7 @@ def build(
         metrics,
         encrypt=crypto.encrypt if crypto is not None else None,
     )
-    timers = Timers()
+    timers = Timers(clock)  # the clock runs them (APScheduler behind SystemClock)
     bot = build_bot(
         cfg,
         db,
