@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
-
-from mautrix.util.async_db import Database
 
 from bridge.clock import Clock, ms
 from bridge.config import Config
@@ -26,27 +25,34 @@ from .commands.context import CommandContext, Reply
 from .commands.incoming import Incoming, read_message
 from .commands.registry import CommandRegistry
 from .commands.router import CommandRouter
-from .commands.runs import CommandRuns
-from .features.away.commands import AwayCommands
 from .features.away.service import AwayService
 from .features.blasts.commands import BlastCommands
-from .features.blasts.service import BlastService
-from .features.conversations.commands import ConversationCommands
 from .features.conversations.governance import RoomGovernance
 from .features.conversations.management import ManagementRooms, link
-from .features.conversations.repo import ConversationRepo
 from .features.conversations.service import ConversationService
-from .features.core.commands import COMMANDS as CORE_COMMANDS
-from .features.phrases.commands import PhraseCommands, PhraseRepo
-from .features.schedule.commands import ScheduleCommands
 from .features.schedule.service import ScheduleService
-from .features.sessions.commands import SessionCommands
-from .features.sessions.ending import Scrub
-from .features.sessions.repo import SessionRepo
 from .features.sessions.service import SessionService
-from .features.voice import TherapistVoice
 
 log = logging.getLogger("alcove.bot")
+
+
+@dataclass
+class Features:
+    """The bot's feature services and commands, built by the composition root
+    (``bridge.wiring.build_bot``)."""
+
+    audit: AuditLog
+    management: ManagementRooms
+    conversations: ConversationService
+    schedule: ScheduleService
+    away: AwayService
+    sessions: SessionService
+    governance: RoomGovernance
+    awaiting: AwaitingInput
+    confirmations: Confirmations
+    blasts: BlastCommands
+    registry: CommandRegistry
+    router: CommandRouter
 
 
 class Bot:
@@ -55,11 +61,10 @@ class Bot:
         config: Config,
         gateway: MatrixGateway,
         outbox: Outbox,
-        db: Database,
         clock: Clock,
-        timers: Timers | None = None,
+        timers: Timers,
+        features: Features,
         metrics: Metrics | None = None,
-        scrub: Scrub | None = None,
         can_decrypt: Callable[[str], bool] | None = None,
     ) -> None:
         self.config = config
@@ -68,79 +73,29 @@ class Bot:
         does, an encrypted room is not one it "cannot read"."""
         self.gateway = gateway
         self.outbox = outbox
-        self.timers = timers or Timers()
+        self.timers = timers
         self.clock = clock
-        self.audit = AuditLog(db, clock)
-        rooms = ConversationRepo(db)
-        voice = TherapistVoice(config, gateway)
         self.metrics = metrics
-        self.management = ManagementRooms(
-            config, gateway, outbox, rooms, self.audit, clock, voice, self.timers, metrics
-        )
-        self.conversations = ConversationService(
-            config, gateway, outbox, rooms, self.audit, clock, voice, self.management
-        )
-        self.schedule = ScheduleService(
-            config, db, outbox, voice, self.timers, clock, self.conversations.management_room_for
-        )
-        self.away = AwayService(config, db, outbox, voice, clock)
-        self.sessions = SessionService(
-            config,
-            SessionRepo(db),
-            gateway,
-            outbox,
-            self.timers,
-            clock,
-            self.conversations,
-            self.audit,
-            metrics,
-            scrub,
-        )
-        self.governance = RoomGovernance(
-            config,
-            gateway,
-            outbox,
-            self.conversations,
-            self.audit,
-            clock,
-            lambda room_id: room_id in self.sessions.room_ids,
-        )
-        self.awaiting = AwaitingInput(db, clock)
-        self.confirmations = confirmations = Confirmations(db, clock)
-        self.blasts = BlastCommands(
-            BlastService(self.conversations, outbox, voice), self.awaiting, confirmations
-        )
-        self.registry = CommandRegistry(
-            [
-                *CORE_COMMANDS,
-                *confirmations.specs(),
-                *ConversationCommands(self.conversations, confirmations).specs(),
-                *self.blasts.specs(),
-                *ScheduleCommands(self.schedule, rooms).specs(),
-                *PhraseCommands(
-                    config, PhraseRepo(db), rooms, voice, outbox, gateway, self._next_session
-                ).specs(),
-                *AwayCommands(self.away).specs(),
-                *SessionCommands(self.sessions).specs(),
-            ]
-        )
-        self.router = CommandRouter(self.registry, on_refused=self._refused, runs=CommandRuns(db))
-        self.management.help_text = self.registry.help_text
-
-    async def _next_session(self, therapist: str, client_id: str) -> str | None:
-        found = await self.sessions.repo.next_for_client(therapist, client_id, ms(self.clock))
-        return self.sessions.local(found.start_at) if found else None
+        self.audit = features.audit
+        self.management = features.management
+        self.conversations = features.conversations
+        self.schedule = features.schedule
+        self.away = features.away
+        self.sessions = features.sessions
+        self.governance = features.governance
+        self.awaiting = features.awaiting
+        self.confirmations = features.confirmations
+        self.blasts = features.blasts
+        self.registry = features.registry
+        self.router = features.router
 
     async def role_of(self, user_id: str) -> str | None:
         member = self.config.staff_member(user_id)
         if member is not None:
             return member.role
-        if await self.conversations.repo.client(user_id) is not None:
+        if await self.conversations.client(user_id) is not None:
             return "client"
         return None
-
-    async def _refused(self, sender: str, command: str, room_id: str) -> None:
-        await self.audit.record(sender, "command.refused", None, room_id, command=command)
 
     async def start_sessions(self) -> None:
         """First thing at start-up, before any event is processed: sessions whose end passed
@@ -171,7 +126,7 @@ class Bot:
         DM is answered once, then left. Anyone else: decline."""
         room_id, inviter = event["room_id"], event["sender"]
         if self.config.staff_member(inviter) is None:
-            client = await self.conversations.repo.client(inviter)
+            client = await self.conversations.client(inviter)
             if client is not None:
                 log.info("Answering a DM from client %s, then leaving it", inviter)
                 await self.management.answer_client_dm(room_id, client)
@@ -204,7 +159,7 @@ class Bot:
         sender = event["sender"]
         room_id = event["room_id"]
         event_id = event["event_id"]
-        room = await self.conversations.repo.room(room_id)
+        room = await self.conversations.room(room_id)
         if room is not None:
             await self.away.on_message(event, room)
         sent_at = event.get("origin_server_ts")

@@ -1,4 +1,5 @@
-"""The composition root: the one place where real collaborators are built and wired."""
+"""One running Alcove: opens the database, has ``bridge.wiring`` build every collaborator,
+then starts and stops them in order."""
 
 from __future__ import annotations
 
@@ -11,29 +12,17 @@ import aiohttp
 from aiohttp import web
 from mautrix.util.async_db import Database
 
-from bots.bot import Bot
-
-from .catchup import CatchUp
 from .clock import Clock, SystemClock
 from .config import Config
 from .crypto.machine import Crypto
-from .crypto.seams import Decrypting, wait_key
+from .crypto.seams import wait_key
 from .db.database import open_database, redact_url
-from .db.inbox_repo import InboxRepo
-from .db.outbox_repo import DeviceRepo, OutboxRepo
-from .dispatch import Dispatcher
 from .errors import StartupError
-from .inbox import Inbox
 from .matrix.gateway import MatrixSendError
-from .matrix.mautrix_gateway import MautrixGateway
-from .matrix.outbox import DEVICE_ID, Outbox
 from .metrics import Metrics
-from .registration import read_doublepuppet_token
-from .scrub import HomeserverDatabase, Scrubber, homeserver_database
 from .startup import run_startup
-from .timers import Timers
 from .web.server import READY, build_web_app
-from .web.transactions import TransactionEndpoint
+from .wiring import Runtime, build
 
 log = logging.getLogger("alcove.app")
 
@@ -52,6 +41,8 @@ class Alcove:
         self.runner: web.AppRunner | None = None
         self.web: web.Application | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self.runtime: Runtime | None = None
+        """Every collaborator, built at once by ``start`` (``bridge.wiring.build``)."""
         self.crypto: Crypto | None = None
 
     async def start(self) -> None:
@@ -62,74 +53,13 @@ class Alcove:
             timeout=aiohttp.ClientTimeout(total=60, connect=10),
             connector=aiohttp.TCPConnector(limit=100, ssl=cfg.homeserver.verify_ssl),
         )
-        self.gateway = MautrixGateway(
-            self.session,
-            cfg.homeserver.address,
-            cfg.appservice.as_token,
-            cfg.bot_user_id,
-            self.metrics,
-            doublepuppet_token=read_doublepuppet_token(cfg.appservice.doublepuppet_registration),
-            client_namespace_prefix=f"@{cfg.appservice.client_prefix}",
-        )
-        if cfg.encryption.enabled:
-            # The bot's crypto device is its acting device: one identity for both.
-            self.crypto = Crypto(self.db, self.gateway, DEVICE_ID, self.metrics)
-        self.outbox = Outbox(
-            OutboxRepo(self.db),
-            DeviceRepo(self.db),
-            self.gateway,
-            self.clock,
-            self.metrics,
-            encrypt=self.crypto.encrypt if self.crypto is not None else None,
-        )
-        self.timers = Timers()
-        self.bot = Bot(
-            cfg,
-            self.gateway,
-            self.outbox,
-            self.db,
-            self.clock,
-            self.timers,
-            self.metrics,
-            Scrubber(self.db, self._homeserver_database()),
-            can_decrypt=self.crypto.can_decrypt if self.crypto is not None else None,
-        )
-        self.dispatcher = Dispatcher(cfg.bot_user_id, self.bot, f"@{cfg.appservice.client_prefix}")
-        handler = self.dispatcher.handle
-        if self.crypto is not None:
-            handler = Decrypting(
-                self.crypto, handler, cfg.encryption.key_wait_minutes * 60
-            ).__call__
-        self.inbox = Inbox(
-            InboxRepo(self.db),
-            handler,
-            self.clock,
-            self.metrics,
-            cfg.inbox,
-        )
-        self.catchup = CatchUp(
-            self.gateway.recent_events,
-            self.inbox.repo.received_range,
-            self.inbox,
-            self.clock,
-            own_events=self.outbox.own_events,
-            bot_user_id=cfg.bot_user_id,
-        )
-        self.gateway.on_recovered = lambda: self.catchup.request(
-            "the homeserver is reachable again"
-        )
-        endpoint = TransactionEndpoint(
-            cfg.appservice.hs_token,
-            self.inbox,
-            self.metrics,
-            self.catchup.request,
-            access_token_in_query=cfg.appservice.access_token_in_query,
-            extensions=self.crypto.handle_transaction if self.crypto is not None else None,
-        )
+        self.runtime = rt = build(cfg, self.db, self.session, self.clock, self.metrics)
+        self.gateway, self.crypto, self.outbox = rt.gateway, rt.crypto, rt.outbox
+        self.bot, self.inbox, self.catchup = rt.bot, rt.inbox, rt.catchup
         if self.crypto is not None:
             self.crypto.on_session = self._room_key_arrived
         self.web = build_web_app(
-            endpoint, self.metrics, self.refresh_metrics, cfg.appservice.max_body_size_mib
+            rt.endpoint, self.metrics, self.refresh_metrics, cfg.appservice.max_body_size_mib
         )
         # The web server comes up first: Synapse's ping during start-up calls us back, and
         # transactions that arrive meanwhile are persisted (processing starts once ready).
@@ -163,16 +93,6 @@ class Alcove:
         self.metrics.ready.set(1)
         log.info("Alcove is ready as %s", cfg.bot_user_id)
 
-    def _homeserver_database(self) -> HomeserverDatabase | None:
-        """The homeserver database to VACUUM after each purge, when configured (dev stack)."""
-        sessions, hs = self.config.sessions, self.config.homeserver
-        if not sessions.vacuum_homeserver:
-            return None
-        if hs.synapse_config is None:
-            log.warning("sessions.vacuum_homeserver needs homeserver.synapse_config; not vacuuming")
-            return None
-        return homeserver_database(hs.synapse_config)
-
     def _room_key_arrived(self, session_id: str) -> None:
         """Encrypted events waiting for this Megolm session are handled now."""
         if woken := self.inbox.wake(wait_key(session_id)):
@@ -181,7 +101,7 @@ class Alcove:
     async def refresh_metrics(self) -> None:
         await self.inbox.refresh_metrics()
         await self.outbox.refresh_metrics()
-        self.metrics.sessions_pending_purge.set(await self.bot.sessions.repo.pending_purge())
+        self.metrics.sessions_pending_purge.set(await self.bot.sessions.pending_purge())
 
     async def _housekeep(self) -> None:
         while True:
@@ -206,18 +126,15 @@ class Alcove:
         if self.runner is not None:
             await self.runner.cleanup()
         log.debug("web server stopped")
-        if hasattr(self, "timers"):
-            self.timers.stop()
-        if hasattr(self, "catchup"):
-            await self.catchup.stop()
-        if hasattr(self, "inbox"):
-            await self.inbox.stop(timeout)
+        if (rt := self.runtime) is not None:
+            rt.timers.stop()
+            await rt.catchup.stop()
+            await rt.inbox.stop(timeout)
             log.debug("inbox stopped")
-        if hasattr(self, "outbox"):
-            await self.outbox.stop(timeout)
+            await rt.outbox.stop(timeout)
             log.debug("outbox stopped")
-        if self.crypto is not None:
-            await self.crypto.stop()
+            if rt.crypto is not None:
+                await rt.crypto.stop()
         if self.session is not None:
             await self.session.close()
         if self.db is not None:

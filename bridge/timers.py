@@ -1,6 +1,5 @@
-"""In-process timers on APScheduler 3.x (AsyncIOScheduler, memory job store). The database is
-the source of truth: owners re-arm their timers from it at start-up; a timer here only says
-"look at row X now". Lateness policy is the owner's, so APScheduler never drops a late job."""
+"""Named one-shot timers for the features, run by the clock (``Clock.call_at``): APScheduler
+behind the real clock, deterministic on a fake one. See bridge/clock.py for the policy."""
 
 from __future__ import annotations
 
@@ -10,24 +9,17 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from apscheduler.jobstores.base import JobLookupError
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.date import DateTrigger
+from .clock import Clock, SystemClock
 
 log = logging.getLogger("alcove.timers")
 
 
 class Timers:
-    def __init__(self) -> None:
-        self._scheduler = AsyncIOScheduler(
-            job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1}
-        )
-        self._started = False
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock: Clock = clock or SystemClock()
 
     def start(self) -> None:
-        if not self._started:
-            self._scheduler.start()
-            self._started = True
+        self.clock.start_timers()
 
     def arm(
         self,
@@ -41,20 +33,13 @@ class Timers:
         where a returned coroutine would never be awaited."""
         if not inspect.iscoroutinefunction(callback):
             raise TypeError(f"{callback!r} is not a coroutine function")
-        self._scheduler.add_job(
-            callback, DateTrigger(run_date=when), args=args, id=job_id, replace_existing=True
-        )
+        self.clock.call_at(job_id, when, callback, *args)
 
     def cancel(self, job_id: str) -> None:
-        try:
-            self._scheduler.remove_job(job_id)
-        except JobLookupError:
-            pass
+        self.clock.cancel(job_id)
 
     def count(self) -> int:
-        return len(self._scheduler.get_jobs())
+        return self.clock.pending_timers()
 
     def stop(self) -> None:
-        if self._started:
-            self._scheduler.shutdown(wait=False)
-            self._started = False
+        self.clock.stop_timers()

@@ -6,7 +6,7 @@ retry after a crash creates nothing twice."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,12 +26,11 @@ from bots.features.conversations.service import (
 )
 from bridge.config import Config
 from bridge.db.audit_repo import AuditLog
-from bridge.db.outbox_repo import DeviceRepo, OutboxRepo
 from bridge.matrix.gateway import PermanentError
 from bridge.matrix.outbox import Outbox
-from bridge.metrics import Metrics
 from tests.support.builders import DOMAIN, make_config
 from tests.support.fakes import FakeClock, RecordingGateway, Sent
+from tests.support.harness import Harnesses
 
 THERAPIST = f"@therapist:{DOMAIN}"
 CARE_USER = f"@care:{DOMAIN}"
@@ -79,10 +78,9 @@ Build = Callable[..., Awaitable[World]]
 
 
 @pytest.fixture
-async def build(db: Database, tmp_path: Path) -> AsyncIterator[Build]:
+async def build(harnesses: Harnesses, tmp_path: Path) -> Build:
     """Builds a service over the shared database; worlds built in one test share the database
     (and, when passed in, the gateway and clock), like Alcove restarted with a new config."""
-    outboxes: list[Outbox] = []
 
     async def make(
         gateway: RecordingGateway | None = None,
@@ -93,18 +91,11 @@ async def build(db: Database, tmp_path: Path) -> AsyncIterator[Build]:
         gateway = gateway or RecordingGateway(
             bot_user_id=config.bot_user_id, existing_users={THERAPIST}
         )
-        clock = clock or FakeClock()
-        outbox = Outbox(OutboxRepo(db), DeviceRepo(db), gateway, clock, Metrics())
-        await outbox.start()
-        outboxes.append(outbox)
-        repo = ConversationRepo(db)
-        audit = AuditLog(db, clock)
-        service = ConversationService(config, gateway, outbox, repo, audit, clock)
-        return World(config, gateway, outbox, repo, audit, clock, service)
+        h = await harnesses.build(config, gateway, clock or FakeClock())
+        service = h.bot.conversations
+        return World(config, gateway, h.outbox, service.repo, h.bot.audit, h.clock, service)
 
-    yield make
-    for outbox in outboxes:
-        await outbox.stop()
+    return make
 
 
 @pytest.fixture

@@ -6,24 +6,21 @@ out-of-scope invites into governed rooms withdrawn."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from mautrix.util.async_db import Database
 
 from bots.features.conversations.governance import RoomGovernance
 from bots.features.conversations.repo import Client, ConversationRepo, Room
 from bots.features.conversations.service import ConversationService
 from bridge.db.audit_repo import AuditLog
-from bridge.db.outbox_repo import DeviceRepo, OutboxRepo
 from bridge.matrix.gateway import PermanentError
 from bridge.matrix.outbox import Outbox
-from bridge.metrics import Metrics
 from tests.support.builders import DOMAIN, make_config
 from tests.support.fakes import FakeClock, RecordingGateway
+from tests.support.harness import Harnesses
 
 THERAPIST = f"@therapist:{DOMAIN}"
 CARE_USER = f"@care:{DOMAIN}"
@@ -81,27 +78,18 @@ class World:
 
 
 @pytest.fixture
-async def world(db: Database, tmp_path: Path) -> AsyncIterator[World]:
+async def world(harnesses: Harnesses, tmp_path: Path) -> World:
     config = make_config(tmp_path)
     gateway = OrderedGateway(bot_user_id=config.bot_user_id, existing_users={THERAPIST})
-    clock = FakeClock()
-    outbox = Outbox(OutboxRepo(db), DeviceRepo(db), gateway, clock, Metrics())
-    await outbox.start()
-    repo = ConversationRepo(db)
-    audit = AuditLog(db, clock)
-    service = ConversationService(config, gateway, outbox, repo, audit, clock)
-    governance = RoomGovernance(
-        config, gateway, outbox, service, audit, clock, lambda room_id: room_id == SESSION_ROOM
-    )
+    bot = (await harnesses.build(config, gateway, FakeClock())).bot
+    bot.sessions.room_ids.add(SESSION_ROOM)  # a live text-only session's room
+    service, repo = bot.conversations, bot.conversations.repo
     anna = (await service.add_client(THERAPIST, "Anna Bell", None, "$a")).client
     carl = (await service.add_client(THERAPIST, "Carl Dunn", None, "$c")).client
     group = await service.create_group(THERAPIST, "Tuesday group", [anna, carl], "$g")
     await repo.set_management_room(THERAPIST, f"!mgmt:{DOMAIN}")
     gateway.calls.clear()
-    try:
-        yield World(gateway, outbox, repo, audit, service, governance, anna, carl, group)
-    finally:
-        await outbox.stop()
+    return World(gateway, bot.outbox, repo, bot.audit, service, bot.governance, anna, carl, group)
 
 
 def member(

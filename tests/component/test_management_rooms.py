@@ -3,7 +3,7 @@ on a real database (SQLite and PostgreSQL), a real outbox and a recording gatewa
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -17,11 +17,11 @@ from bots.commands.context import CommandContext
 from bots.commands.spec import CommandSpec
 from bots.features.conversations.repo import GROUP, Client, Room
 from bridge.config import Config
-from bridge.db.outbox_repo import DeviceRepo, OutboxRepo
 from bridge.matrix.outbox import Outbox
 from bridge.metrics import Metrics
 from tests.support.builders import DOMAIN, invite, make_config, message
 from tests.support.fakes import FakeClock, RecordingGateway, RecordingTimers, Sent
+from tests.support.harness import Harnesses
 
 THERAPIST = f"@therapist:{DOMAIN}"
 CARE = f"@care:{DOMAIN}"
@@ -61,9 +61,8 @@ Build = Callable[..., Awaitable[World]]
 
 
 @pytest.fixture
-async def build(db: Database, tmp_path: Path) -> AsyncIterator[Build]:
+async def build(harnesses: Harnesses, tmp_path: Path) -> Build:
     """A Bot over the shared database; a second build is Alcove restarted."""
-    outboxes: list[Outbox] = []
 
     async def make(
         gateway: RecordingGateway | None = None, clock: FakeClock | None = None
@@ -72,18 +71,11 @@ async def build(db: Database, tmp_path: Path) -> AsyncIterator[Build]:
         gateway = gateway or RecordingGateway(
             bot_user_id=config.bot_user_id, existing_users={THERAPIST, CARE}
         )
-        clock = clock or FakeClock()
-        metrics = Metrics()
-        outbox = Outbox(OutboxRepo(db), DeviceRepo(db), gateway, clock, metrics)
-        await outbox.start()
-        outboxes.append(outbox)
         timers = RecordingTimers()
-        bot = Bot(config, gateway, outbox, db, clock, timers, metrics)
-        return World(db, config, gateway, outbox, clock, timers, metrics, bot)
+        h = await harnesses.build(config, gateway, clock or FakeClock(), timers=timers)
+        return World(h.db, config, gateway, h.outbox, h.clock, timers, h.metrics, h.bot)
 
-    yield make
-    for outbox in outboxes:
-        await outbox.stop()
+    return make
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ a new Alcove on the same database and the same homeserver."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,22 +16,19 @@ from typing import Any
 import pytest
 from mautrix.util.async_db import Database
 
-from bots.bot import Bot
 from bots.features.away.service import MARK
 from bots.features.blasts import service as blast_service
 from bots.features.conversations.repo import Client
 from bridge.clock import ms
 from bridge.config import Config
 from bridge.db.database import transaction
-from bridge.db.inbox_repo import DONE, InboxRepo
-from bridge.db.outbox_repo import DeviceRepo, OutboxRepo
+from bridge.db.inbox_repo import DONE
 from bridge.dispatch import Dispatcher
-from bridge.inbox import Inbox
 from bridge.matrix.gateway import TemporaryError
-from bridge.matrix.outbox import Outbox, txn_id_for
-from bridge.metrics import Metrics
+from bridge.matrix.outbox import txn_id_for
 from tests.support.builders import DOMAIN, make_config, message
 from tests.support.fakes import FakeClock, RecordingGateway
+from tests.support.harness import BotHarness, Harnesses
 
 THERAPIST = f"@therapist:{DOMAIN}"
 MGMT = f"!mgmt:{DOMAIN}"
@@ -57,56 +53,30 @@ class FlakyGateway(RecordingGateway):
         return await super().user_exists(user_id)
 
 
-@dataclass
-class Alcove:
-    """One run of Alcove over the shared database and homeserver."""
-
-    bot: Bot
-    inbox: Inbox
-    outbox: Outbox
-
-    async def settle(self) -> None:
-        for _ in range(3):
-            await self.inbox.join()
-            await self.outbox.join()
-
-    async def handled(self, event_id: str) -> None:
-        async with asyncio.timeout(10):
-            while await self.inbox.repo.status_of(event_id) != DONE:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
-        await self.settle()
-
-    async def stop(self) -> None:
-        await self.inbox.stop()
-        await self.outbox.stop()
+Alcove = BotHarness
+"""One run of Alcove over the shared database and homeserver."""
 
 
 @dataclass
 class World:
-    db: Database
+    harnesses: Harnesses
     config: Config
     gateway: FlakyGateway
     clock: FakeClock
     runs: list[Alcove] = field(default_factory=list)
 
+    @property
+    def db(self) -> Database:
+        return self.harnesses.db
+
     async def start(self) -> Alcove:
-        outbox = Outbox(
-            OutboxRepo(self.db), DeviceRepo(self.db), self.gateway, self.clock, Metrics()
+        run = await self.harnesses.build(
+            self.config, self.gateway, self.clock, with_inbox=True, start=False
         )
-        bot = Bot(self.config, self.gateway, outbox, self.db, self.clock)
         # The therapist types in their owned management room (private replies answer there).
-        await bot.conversations.repo.set_management_room(THERAPIST, MGMT, owned=True)
+        await run.bot.conversations.repo.set_management_room(THERAPIST, MGMT, owned=True)
         self.gateway.memberships[MGMT] = {THERAPIST: "join", self.config.bot_user_id: "join"}
-        inbox = Inbox(
-            InboxRepo(self.db),
-            Dispatcher(self.config.bot_user_id, bot).handle,
-            self.clock,
-            Metrics(),
-            self.config.inbox,
-        )
-        await outbox.start()
-        await inbox.start()
-        run = Alcove(bot, inbox, outbox)
+        await run.start()
         self.runs.append(run)
         return run
 
@@ -115,7 +85,7 @@ class World:
         in ``run``, which dies with a Crash somewhere inside; then that Alcove is gone."""
         await run.inbox.repo.add("txn-crash", [event], ms(self.clock))
         with pytest.raises(Crash):
-            await Dispatcher(self.config.bot_user_id, run.bot).handle(event)
+            await run.dispatcher.handle(event)
         await run.stop()
 
     def replies(self, event_id: str) -> list[str]:
@@ -140,15 +110,12 @@ class World:
 
 
 @pytest.fixture
-async def world(db: Database, tmp_path: Path) -> AsyncIterator[World]:
+async def world(harnesses: Harnesses, tmp_path: Path) -> World:
     config = make_config(tmp_path)
     # The therapist's account is not known to exist: the bot speaks on their behalf, and asks
     # the homeserver again at every blast (where FlakyGateway can fail).
     gateway = FlakyGateway(bot_user_id=config.bot_user_id)
-    w = World(db, config, gateway, FakeClock())
-    yield w
-    for run in w.runs:
-        await run.stop()
+    return World(harnesses, config, gateway, FakeClock())  # the harnesses stop every run
 
 
 async def clients_of(run: Alcove, names: list[str]) -> list[tuple[Client, str]]:

@@ -3,7 +3,7 @@ a real outbox and a recording gateway."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -17,16 +17,15 @@ from bots.features.blasts.service import AudienceError, BlastService
 from bots.features.conversations.repo import DM, GROUP, Client, ConversationRepo, Room
 from bots.features.conversations.service import ConversationService
 from bots.features.phrases.commands import PhraseRepo
-from bots.features.voice import AUTOMATED, TherapistVoice
+from bots.features.voice import AUTOMATED
 from bridge.clock import ms
 from bridge.config import Config
-from bridge.db.audit_repo import AuditLog
-from bridge.db.outbox_repo import FAILED, SENT, DeviceRepo, OutboxRepo
+from bridge.db.outbox_repo import FAILED, SENT
 from bridge.matrix.gateway import PermanentError
 from bridge.matrix.outbox import Outbox, txn_id_for
-from bridge.metrics import Metrics
 from tests.support.builders import DOMAIN, make_config, message
 from tests.support.fakes import FakeClock, RecordingGateway, Sent
+from tests.support.harness import Harnesses
 
 THERAPIST = f"@therapist:{DOMAIN}"
 OTHER_THERAPIST = f"@other:{DOMAIN}"
@@ -110,9 +109,7 @@ Build = Callable[..., Awaitable[World]]
 
 
 @pytest.fixture
-async def build(db: Database, tmp_path: Path) -> AsyncIterator[Build]:
-    outboxes: list[Outbox] = []
-
+async def build(harnesses: Harnesses, tmp_path: Path) -> Build:
     async def make(
         *,
         config: Config | None = None,
@@ -123,31 +120,21 @@ async def build(db: Database, tmp_path: Path) -> AsyncIterator[Build]:
         gateway = gateway or FailingGateway(
             bot_user_id=config.bot_user_id, existing_users={THERAPIST}
         )
-        clock = clock or FakeClock(SATURDAY_NOON)
-        outbox = Outbox(OutboxRepo(db), DeviceRepo(db), gateway, clock, Metrics())
-        await outbox.start()
-        outboxes.append(outbox)
-        repo = ConversationRepo(db)
-        conversations = ConversationService(
-            config, gateway, outbox, repo, AuditLog(db, clock), clock
-        )
-        voice = TherapistVoice(config, gateway)
+        h = await harnesses.build(config, gateway, clock or FakeClock(SATURDAY_NOON))
         return World(
-            db,
+            h.db,
             config,
             gateway,
-            outbox,
-            clock,
-            repo,
-            conversations,
-            BlastService(conversations, outbox, voice),
-            AwayService(config, db, outbox, voice, clock),
-            PhraseRepo(db),
+            h.outbox,
+            h.clock,
+            h.bot.conversations.repo,
+            h.bot.conversations,
+            h.bot.blasts.service,
+            h.bot.away,
+            PhraseRepo(h.db),
         )
 
-    yield make
-    for outbox in outboxes:
-        await outbox.stop()
+    return make
 
 
 @pytest.fixture

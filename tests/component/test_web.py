@@ -14,14 +14,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from mautrix.util.async_db import Database
 
-from bots.bot import Bot
 from bots.bot_types import MAX_BODY_BYTES
 from bots.features.conversations.repo import DM, Client, ConversationRepo, Room
 from bots.features.phrases.commands import PhraseRepo
 from bridge.config import Config
-from bridge.db.inbox_repo import InboxRepo
-from bridge.db.outbox_repo import DeviceRepo, OutboxRepo
-from bridge.dispatch import Dispatcher
 from bridge.inbox import Inbox
 from bridge.matrix.outbox import AUTOMATED, Outbox
 from bridge.metrics import Metrics
@@ -29,6 +25,7 @@ from bridge.web.server import READY, build_web_app
 from bridge.web.transactions import TransactionEndpoint
 from tests.support.builders import DOMAIN, invite, make_config, message
 from tests.support.fakes import FakeClock, RecordingGateway, RecordingTimers, Sent
+from tests.support.harness import Harnesses
 
 HS_TOKEN = "hs-token-for-tests"
 THERAPIST = f"@therapist:{DOMAIN}"
@@ -52,7 +49,7 @@ class Stack:
 
 
 @pytest.fixture
-async def stack(db: Database, tmp_path: Path) -> AsyncIterator[Stack]:
+async def stack(harnesses: Harnesses, tmp_path: Path) -> AsyncIterator[Stack]:
     config = make_config(
         tmp_path,
         appservice={
@@ -62,29 +59,19 @@ async def stack(db: Database, tmp_path: Path) -> AsyncIterator[Stack]:
             "max_body_size_mib": 10,
         },
     )
-    metrics = Metrics()
-    clock = FakeClock()
     gateway = RecordingGateway(bot_user_id=config.bot_user_id, existing_users={THERAPIST})
-    outbox = Outbox(OutboxRepo(db), DeviceRepo(db), gateway, clock, metrics)
     timers = RecordingTimers()
-    bot = Bot(config, gateway, outbox, db, clock, timers)
-    inbox = Inbox(
-        InboxRepo(db), Dispatcher(config.bot_user_id, bot).handle, clock, metrics, config.inbox
-    )
-    endpoint = TransactionEndpoint(HS_TOKEN, inbox, metrics)
+    h = await harnesses.build(config, gateway, FakeClock(), timers=timers, with_inbox=True)
+    endpoint = TransactionEndpoint(HS_TOKEN, h.inbox, h.metrics)
 
     async def refresh() -> None:
-        await inbox.refresh_metrics()
-        await outbox.refresh_metrics()
+        await h.inbox.refresh_metrics()
+        await h.outbox.refresh_metrics()
 
-    app = build_web_app(endpoint, metrics, refresh, config.appservice.max_body_size_mib)
-    await outbox.start()
-    await inbox.start()
+    app = build_web_app(endpoint, h.metrics, refresh, config.appservice.max_body_size_mib)
     app[READY]["ready"] = True
     async with TestClient(TestServer(app)) as client:
-        yield Stack(client, inbox, outbox, gateway, config, clock, timers)
-    await inbox.stop()
-    await outbox.stop()
+        yield Stack(client, h.inbox, h.outbox, gateway, config, h.clock, timers)
 
 
 async def put_txn(stack: Stack, txn: str, events: list[dict[str, object]]) -> int:

@@ -12,16 +12,54 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from bridge.clock import TimerCallback
 from bridge.matrix.gateway import MatrixSendError, PermanentError
 from bridge.timers import Timers
 
 
 class FakeClock:
-    """Wall time is settable; monotonic follows the real clock so asyncio timers still work."""
+    """Wall time is settable; monotonic follows the real clock so asyncio timers still work.
+    Timers armed on it (``call_at``) never run by themselves: ``fire_due`` runs those whose
+    time has come (after ``advance``), in order of time — deterministic."""
 
     def __init__(self, start: datetime | None = None) -> None:
         self._wall = (start or datetime(2026, 11, 21, 12, 0, tzinfo=UTC)).timestamp()
         self._offset = 0.0
+        self.timers: dict[str, tuple[datetime, TimerCallback, tuple[Any, ...]]] = {}
+
+    def call_at(self, key: str, when: datetime, fn: TimerCallback, *args: Any) -> None:
+        self.timers[key] = (when, fn, args)
+
+    def cancel(self, key: str) -> None:
+        self.timers.pop(key, None)
+
+    def pending_timers(self) -> int:
+        return len(self.timers)
+
+    def start_timers(self) -> None:
+        pass
+
+    def stop_timers(self) -> None:
+        pass
+
+    async def fire_due(self) -> list[str]:
+        """Run every timer due by now, earliest first (one armed meanwhile and due runs too);
+        returns their keys in the order they ran."""
+        fired: list[str] = []
+        while True:
+            now = self.now()
+            due = sorted((when, key) for key, (when, _, _) in self.timers.items() if when <= now)
+            if not due:
+                return fired
+            key = due[0][1]
+            _, fn, args = self.timers.pop(key)
+            fired.append(key)
+            await fn(*args)
+
+    async def advance_and_fire(self, seconds: float) -> list[str]:
+        """``advance``, then run what is due."""
+        self.advance(seconds)
+        return await self.fire_due()
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.time(), UTC)

@@ -73,6 +73,9 @@ class StubService:
     def cfg(self) -> object:
         return self.config.sessions
 
+    async def by_room(self, room_id: str) -> Session | None:
+        return await self.repo.by_room(room_id)
+
     def local(self, at_ms: int) -> str:
         return local_text(datetime.fromtimestamp(at_ms / 1000, UTC), self.config.practice.timezone)
 

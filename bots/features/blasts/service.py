@@ -46,16 +46,16 @@ class BlastService:
     async def audience(self, therapist: str, spec: str) -> list[Client]:
         """all | group:<title> | <client>,<client>,..."""
         spec = spec.strip()
-        repo = self.conversations.repo
+        conversations = self.conversations
         if spec.lower() == "all":
-            clients = await repo.clients_of(therapist)
+            clients = await conversations.clients_of(therapist)
         elif spec.lower().startswith("group:"):
             title = spec[6:]
             room = await self.conversations.group_by_title(therapist, title)
             if room is None:
                 raise AudienceError(f"You have no community chat called {title!r}.")
-            ids = await repo.members(room.room_id)
-            found = [await repo.client(i) for i in ids]
+            ids = await conversations.members(room.room_id)
+            found = [await conversations.client(i) for i in ids]
             clients = [c for c in found if c is not None]
         else:
             clients = []
@@ -78,7 +78,7 @@ class BlastService:
         result = BlastResult()
         known = {
             room.client_id: room.room_id
-            for room in await self.conversations.repo.rooms_of(therapist, DM)
+            for room in await self.conversations.rooms_of(therapist, DM)
             if room.client_id
         }
         rooms: list[tuple[Client, str]] = []

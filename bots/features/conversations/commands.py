@@ -80,7 +80,7 @@ class ConversationCommands:
     # ------------------------------------------------------------------ helpers
 
     async def _own_room(self, ctx: CommandContext, kinds: tuple[str, ...]) -> Room | None:
-        room = await self.service.repo.room(ctx.room_id)
+        room = await self.service.room(ctx.room_id)
         if room is None or room.kind not in kinds or room.therapist_id != ctx.sender:
             return None
         return room
@@ -134,7 +134,7 @@ class ConversationCommands:
             )
 
     async def _client_list(self, ctx: CommandContext) -> None:
-        clients = await self.service.repo.clients_of(ctx.sender)
+        clients = await self.service.clients_of(ctx.sender)
         if not clients:
             await ctx.reply_private(
                 "You have no clients yet. Add one with !client add <full name>."
@@ -142,7 +142,7 @@ class ConversationCommands:
             return
         lines = [f"Your clients ({len(clients)}):"]
         for c in clients:
-            room = await self.service.repo.dm_of(ctx.sender, c.user_id)
+            room = await self.service.dm_of(ctx.sender, c.user_id)
             where = f" — {link(room.room_id)}" if room else ""
             lines.append(f"• {c.full_name} ({c.initials}) {c.user_id}{where}")
         await ctx.reply_private("\n".join(lines))
@@ -175,7 +175,7 @@ class ConversationCommands:
             await ctx.reply(f"Use !group {sub} inside one of your community chats.")
             return
         client = await self._client_arg(ctx, ctx.values["client"])
-        members = await self.service.repo.members(room.room_id)
+        members = await self.service.members(room.room_id)
         if sub == "add" and client.user_id in members:
             await ctx.reply(f"{client.initials} is already in this chat.")
             return
@@ -200,7 +200,7 @@ class ConversationCommands:
         self, ctx: CommandContext, payload: dict[str, Any]
     ) -> tuple[Room, Client] | None:
         room = await self._own_room(ctx, (GROUP,))
-        client = await self.service.repo.client(str(payload.get("client")))
+        client = await self.service.client(str(payload.get("client")))
         if room is None or client is None or client.therapist_id != ctx.sender:
             await ctx.reply("That can no longer be done here.")
             return None

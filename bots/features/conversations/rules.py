@@ -79,7 +79,7 @@ def power_levels(staff: dict[str, int]) -> dict[str, Any]:
     }
 
 
-def _create_body(
+def create_body(
     *,
     name: str,
     invite: list[str],
@@ -113,6 +113,9 @@ def _create_body(
     if topic:
         body["topic"] = topic
     return body
+
+
+_create_body = create_body  # the name this module's room kinds use
 
 
 def dm_body(therapist: str, client: str, client_full_name: str) -> dict[str, Any]:

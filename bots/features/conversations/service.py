@@ -69,6 +69,27 @@ class ConversationService:
     def bot(self) -> str:
         return self.gateway.bot_user_id
 
+    # ------------------------------------------------------------------ queries
+    # What other features may ask about clients and rooms (they never use the repository).
+
+    async def client(self, user_id: str) -> Client | None:
+        return await self.repo.client(user_id)
+
+    async def room(self, room_id: str) -> Room | None:
+        return await self.repo.room(room_id)
+
+    async def dm_of(self, therapist: str, client_id: str) -> Room | None:
+        return await self.repo.dm_of(therapist, client_id)
+
+    async def rooms_of(self, therapist: str, kind: str) -> list[Room]:
+        return await self.repo.rooms_of(therapist, kind)
+
+    async def clients_of(self, therapist: str) -> list[Client]:
+        return await self.repo.clients_of(therapist)
+
+    async def members(self, room_id: str) -> list[str]:
+        return await self.repo.members(room_id)
+
     # ------------------------------------------------------------------ clients
 
     async def add_client(

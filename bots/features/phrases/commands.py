@@ -15,8 +15,9 @@ from bridge.matrix.outbox import Outbox
 from ...commands.args import REST, WORD, Arg, Kind, Sub, UsageError
 from ...commands.context import CommandContext
 from ...commands.spec import CommandSpec
-from ..conversations.repo import DM, GROUP, ConversationRepo
+from ..conversations.repo import DM, GROUP
 from ..conversations.rules import render
+from ..conversations.service import ConversationService
 from ..voice import TherapistVoice
 
 NextSession = Callable[[str, str], Awaitable[str | None]]
@@ -72,7 +73,7 @@ class PhraseCommands:
         self,
         config: Config,
         repo: PhraseRepo,
-        rooms: ConversationRepo,
+        rooms: ConversationService,
         voice: TherapistVoice,
         outbox: Outbox,
         gateway: MatrixGateway,

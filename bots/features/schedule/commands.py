@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 from ...commands.args import DATETIME, DURATION, ID, REST, WORD, Arg, Sub, UsageError
 from ...commands.context import CommandContext
 from ...commands.spec import CommandSpec
-from ..conversations.repo import DM, GROUP, ConversationRepo
+from ..conversations.repo import DM, GROUP
+from ..conversations.service import ConversationService
 from .service import ScheduleService
 from .timeparse import TimeError, local_text, next_fire, parse_local
 
@@ -15,7 +16,7 @@ MESSAGE = Arg("message", REST)
 
 
 class ScheduleCommands:
-    def __init__(self, service: ScheduleService, rooms: ConversationRepo) -> None:
+    def __init__(self, service: ScheduleService, rooms: ConversationService) -> None:
         self.service = service
         self.rooms = rooms
 
@@ -83,7 +84,7 @@ class ScheduleCommands:
         await ctx.reply(f"Scheduled #{row.id} for {local_text(due, self.service.tz)}{repeat}.")
 
     async def _list(self, ctx: CommandContext) -> None:
-        rows = await self.service.repo.pending_of(ctx.sender)
+        rows = await self.service.pending_of(ctx.sender)
         if not rows:
             await ctx.reply("You have no scheduled messages.")
             return

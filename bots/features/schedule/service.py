@@ -99,6 +99,9 @@ class ScheduleService:
             log.info("Re-armed %d scheduled messages", len(rows))
         return len(rows)
 
+    async def pending_of(self, therapist: str) -> list[Scheduled]:
+        return await self.repo.pending_of(therapist)
+
     async def cancel(self, therapist: str, schedule_id: int, event_id: str) -> bool:
         """``event_id`` is the cancelling command's: handled again, it is cancelled again."""
         if await self.repo.cancel(schedule_id, therapist, event_id):

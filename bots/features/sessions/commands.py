@@ -129,7 +129,7 @@ class SessionCommands:
             )
 
     async def _list(self, ctx: CommandContext) -> None:
-        sessions = await self.service.repo.of_therapist(ctx.sender)
+        sessions = await self.service.of_therapist(ctx.sender)
         if not sessions:
             await ctx.reply("You have no text-only sessions booked.")
             return
@@ -137,7 +137,7 @@ class SessionCommands:
         for s in sessions:
             names = []
             for cid in s.clients:
-                client = await self.service.conversations.repo.client(cid)
+                client = await self.service.conversations.client(cid)
                 names.append(client.full_name if client else cid)
             lines.append(
                 f"#{s.id} {self.service.local(s.start_at)} to "
@@ -148,7 +148,7 @@ class SessionCommands:
     # ------------------------------------------------------------------ in the session room
 
     async def _here(self, ctx: CommandContext, therapist_only: bool) -> Session | None:
-        session = await self.service.repo.by_room(ctx.room_id)
+        session = await self.service.by_room(ctx.room_id)
         if session is None or session.status != OPEN:
             await ctx.reply(f"Use !{ctx.name} inside an open text-only session.")
             return None

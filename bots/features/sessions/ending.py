@@ -212,7 +212,7 @@ class SessionEnding:
         )
         messages, files_count = await self.repo.purge_counts(session.id)
         for client_id in session.clients if reason != CANCELLED_REASON else ():
-            dm = await self.conversations.repo.dm_of(session.therapist_id, client_id)
+            dm = await self.conversations.dm_of(session.therapist_id, client_id)
             await self._tell(
                 f"session-ended:{session.id}:{client_id}",
                 dm.room_id if dm else None,

@@ -65,6 +65,21 @@ class SessionService(SessionEnding):
     def local(self, at_ms: int) -> str:
         return local_text(self._when(at_ms), self.config.practice.timezone)
 
+    async def of_therapist(self, therapist: str) -> list[Session]:
+        return await self.repo.of_therapist(therapist)
+
+    async def by_room(self, room_id: str) -> Session | None:
+        return await self.repo.by_room(room_id)
+
+    async def pending_purge(self) -> int:
+        """How many ended sessions still wait for their purge (a metric)."""
+        return await self.repo.pending_purge()
+
+    async def next_session_at(self, therapist: str, client_id: str) -> str | None:
+        """When the client's next session with this therapist starts (local time), if any."""
+        found = await self.repo.next_for_client(therapist, client_id, ms(self.clock))
+        return self.local(found.start_at) if found else None
+
     # ------------------------------------------------------------------ start-up
 
     async def start(self) -> None:
@@ -166,7 +181,7 @@ class SessionService(SessionEnding):
 
     async def _tell_cancelled(self, session: Session) -> None:
         for client_id in session.clients:
-            dm = await self.conversations.repo.dm_of(session.therapist_id, client_id)
+            dm = await self.conversations.dm_of(session.therapist_id, client_id)
             await self._tell(
                 f"session-cancelled:{session.id}:{client_id}",
                 dm.room_id if dm else None,
@@ -178,7 +193,7 @@ class SessionService(SessionEnding):
     async def _ensure_room(self, session: Session, with_members: bool) -> str:
         if session.room_id:
             return session.room_id
-        body = rules._create_body(
+        body = rules.create_body(
             name=ROOM_NAME,
             invite=[session.therapist_id, *session.clients] if with_members else [],
             staff={session.therapist_id: rules.THERAPIST_LEVEL},
@@ -208,7 +223,7 @@ class SessionService(SessionEnding):
         link = f"https://matrix.to/#/{room_id}"
         text = f"Your text-only session starts at {self.local(session.start_at)}: {link}"
         for client_id in session.clients:
-            dm = await self.conversations.repo.dm_of(session.therapist_id, client_id)
+            dm = await self.conversations.dm_of(session.therapist_id, client_id)
             await self._tell(
                 f"session-remind:{session_id}:{client_id}", dm.room_id if dm else None, text
             )

@@ -125,7 +125,7 @@ class Transcripts:
         therapist = conv.voice.name(session.therapist_id)
         names: dict[str, str] = {self.sessions.bot: "Alcove"}
         for client_id in session.clients:
-            client = await conv.repo.client(client_id)
+            client = await conv.client(client_id)
             names[client_id] = client.initials if client else "Client"
         names[session.therapist_id] = therapist
         start = _utc(session.start_at).astimezone(tz)
