@@ -159,11 +159,16 @@ class CrashRun:
                 await starting
         await self.start_alcove()
 
-    async def kill_point(self, where: str, blast_sent_before: int | None = None) -> None:
-        """Kill now (if kills remain): ``where`` says which moment this is."""
+    async def kill_point(
+        self, where: str, blast_sent_before: int | None = None, now: bool = False
+    ) -> None:
+        """Kill (if kills remain) within 0.4 s, or once part of a blast went out, or ``now``:
+        ``where`` says which moment this is."""
         if self.tally.kills >= self.target_kills:
             return
-        if blast_sent_before is not None:  # wait until part of the blast went out
+        if now:
+            pass
+        elif blast_sent_before is not None:  # wait until part of the blast went out
             goal = blast_sent_before + self.rng.randint(0, max(0, self.n_clients - 2))
             deadline = time.monotonic() + 20
             query = "SELECT COUNT(*) FROM outbox WHERE key LIKE 'blast:%' AND status = 'sent'"
@@ -219,7 +224,7 @@ class CrashRun:
         before = self.blast_sent()
         command = await self.command(self.mgmt, f"!blast all {text}", "inline blast")
         self.expect_everyone(text)
-        if self.rng.random() < 0.5:
+        if self.rng.random() < 0.7:
             await self.kill_point("during a blast", blast_sent_before=before)
         else:
             await self.kill_point("after a command")
@@ -249,6 +254,12 @@ class CrashRun:
         seconds = self.rng.randint(2, 8)
         command = await self.command(person.room_id, f"!schedule in {seconds}s {text}", "!schedule")
         self.expected[(person.room_id, text)] += 1
+        if self.rng.random() < 0.4:  # as it fires (in the background while other steps run)
+            await self.answer(person.room_id, command, "!schedule")
+            due = time.monotonic() + seconds - 1.0  # the command went out ~1 s ago at most
+            await asyncio.sleep(max(0.0, due - time.monotonic() + self.rng.uniform(0, 1.5)))
+            await self.kill_point("as a scheduled message fires", now=True)
+            return
         await self.kill_point("after a command")
         await self.answer(person.room_id, command, "!schedule")
 
@@ -339,7 +350,8 @@ class CrashRun:
         base += [self.group_change, self.session]
         self.rng.shuffle(base)
         steps: list[Any] = list(base)
-        weighted = [self.inline_blast, self.two_step_blast, self.schedule, self.schedule]
+        weighted = [self.inline_blast, self.inline_blast, self.two_step_blast, self.two_step_blast]
+        weighted += [self.schedule, self.schedule]
         weighted += [self.phrase, self.group_change, self.session]
         while len(steps) < self.target_kills:
             steps.append(self.rng.choice(weighted))
@@ -393,6 +405,12 @@ class CrashRun:
                 tally.commands_answered_once += 1
             else:
                 tally.problems.append(f"{what} ({event_id}) answered {n} times")
+        if self.group:
+            path = f"/_matrix/client/v3/rooms/{self.group}/state/m.room.member/"
+            _, member = await self.therapist.raw("GET", path + self.people[2].user_id)
+            joined = member.get("membership") == "join"
+            if joined != self.in_group:
+                tally.problems.append(f"group membership is {member.get('membership')}")
         tally.sessions = self.db_count("SELECT COUNT(*) FROM text_session")
         tally.sessions_purged = self.db_count(
             "SELECT COUNT(*) FROM text_session WHERE status = 'ended' AND purge_error IS NULL"
