@@ -270,7 +270,6 @@ class CrashRun:
         await self.kill_point("after a command")
 
     async def group_change(self, k: int) -> None:
-        person = self.people[2]
         first_name = NAMES[2].split()[0]
         verb = "remove" if self.in_group else "add"
         ask = await self.command(self.group, f"!group {verb} {first_name}", f"!group {verb}")
@@ -281,7 +280,6 @@ class CrashRun:
         self.in_group = not self.in_group
         await self.kill_point("right after !yes")
         await self.answer(self.group, yes, f"!yes (group {verb})")
-        del person
 
     async def session(self, k: int) -> None:
         person = self.people[3 + len(self.session_rooms) % (len(self.people) - 3)]
