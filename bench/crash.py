@@ -2,14 +2,16 @@
 and a misbehaving network, counted afterwards the way the recipients see it.
 
 A real Synapse (DevStack) and Alcove as separate processes, with a FaultProxy between Alcove and
-Synapse that injects short bursts of 429s, 503s and dropped connections. The therapist drives a
-workload of inline and two-step blasts, one-off scheduled messages (and one recurring one),
-phrases (`!p`), group changes (`!group add/remove` + `!yes`) and text-only sessions ended with
-`!end`. Alcove is SIGKILLed at random moments of that workload (right after a command, while a
-blast is part delivered, right after `!end` — during the session's purge — and during start-up)
-and Synapse is restarted once mid-traffic. Afterwards every expected message is counted in
-every target room through the client-server API, as its recipient: the run fails (exit 1) unless
-0 are lost, 0 duplicated, every session is purged and every command answered exactly once.
+Synapse that injects short bursts of 429s, 503s, dropped connections and lost answers (Synapse
+did it, Alcove never heard). The therapist drives a workload of inline and two-step blasts,
+one-off scheduled messages (and one recurring one), phrases (`!p`), group changes (`!group
+add/remove` + `!yes`) and text-only sessions ended with `!end`. Alcove is SIGKILLed at random
+moments of that workload (right after a command, while a blast is part delivered, right after
+`!yes`, as a scheduled message fires, right after `!end` — during the session's purge — and
+during start-up) and Synapse is restarted once mid-traffic. Afterwards every expected message is
+counted in every target room through the client-server API, as its recipient: the run fails
+(exit 1) unless 0 are lost, 0 duplicated, every session is purged and every command answered
+exactly once.
 
 Usage: python -m bench.crash [--kills 20] [--seed 1] [--clients 8] [--state DIR]
 """
@@ -37,7 +39,7 @@ from bridge.config import load_config
 from bridge.devstack import DevStack, DevUser
 from tests.support.alcove_process import AlcoveProcess
 from tests.support.matrix_client import Event, MatrixUser
-from tests.support.proxy import HTTP429, HTTP503, PASS, FaultProxy
+from tests.support.proxy import HTTP429, HTTP503, PASS, SWALLOW, FaultProxy
 from tests.support.scenario import BOT, THERAPIST, Added, add_many, login, management_room
 
 USERS = (DevUser("therapist", "therapist", "Dr Crash"),)
@@ -181,19 +183,22 @@ class CrashRun:
         await self.kill(where)
 
     async def bursts(self) -> None:
-        """Short bursts of 429s, 503s and dropped connections between Alcove and Synapse."""
+        """Short bursts between Alcove and Synapse: 429s, 503s, dropped connections, and requests
+        Synapse carried out whose answers were lost (then the connections are dropped)."""
         while True:
             await asyncio.sleep(self.rng.uniform(0.5, 3.0))
             if not self.faults_on:
                 continue
             self.tally.bursts += 1
-            kind = self.rng.choice((HTTP429, HTTP503, "drop"))
+            kind = self.rng.choice((HTTP429, HTTP503, "drop", SWALLOW))
             if kind == "drop":
                 self.proxy.drop_connections()
                 continue
             self.proxy.mode = kind
             await asyncio.sleep(self.rng.uniform(0.1, 0.8))
             self.proxy.mode = PASS
+            if kind == SWALLOW:  # Synapse did it, the answer was lost: Alcove must resend
+                self.proxy.drop_connections()
 
     # ------------------------------------------------------------------ the therapist's steps
 
