@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test lint install clean bench bench-ceiling
+.PHONY: run test lint install clean bench bench-ceiling bench-crash
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ bench: $(STAMP)
 bench-ceiling: $(STAMP)
 	scripts/ensure-postgres
 	$(BIN)/python -m bench.ceiling
+
+## bench-crash: the crash suite (SIGKILLs of Alcove, a Synapse restart, 429/503/dropped connections; exit 1 on any loss or duplicate)
+bench-crash: $(STAMP)
+	$(BIN)/python -m bench.crash --kills 20
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -19,6 +19,7 @@ from .clock import Clock, ms
 from .config import InboxConfig
 from .db.inbox_repo import InboxRepo, InboxRow
 from .delayed import DelayQueue, backoff
+from .matrix.gateway import TemporaryError
 from .metrics import Metrics
 from .workers import KeyedWorkers
 
@@ -26,6 +27,8 @@ log = logging.getLogger("alcove.inbox")
 
 EventHandler = Callable[[dict[str, Any]], Awaitable[None]]
 RECHECK_SECONDS = 60.0
+TEMPORARY_RETRY_SECONDS = 3600.0
+"""How long a handler failing on the homeserver's trouble (TemporaryError) is retried."""
 
 
 class Deferred(Exception):
@@ -202,10 +205,18 @@ class Inbox:
         self._submit(row)
 
     async def _failed(self, row: InboxRow, error: Exception) -> None:
+        """A handler failed: retry with backoff. A bug gives up after ``max_attempts``; the
+        homeserver's trouble (TemporaryError: 5xx, 429, unreachable) is retried, at most a
+        minute apart, until it has lasted TEMPORARY_RETRY_SECONDS — a restart or a burst of
+        429s longer than the few seconds ``max_attempts`` spans must not drop a command."""
         self._queued.discard(row.seq)
         attempts = row.attempts + 1
         reason = f"{type(error).__name__}: {error}"[:500]
-        if attempts >= self.config.max_attempts:
+        temporary = isinstance(error, TemporaryError)
+        waited = (ms(self.clock) - row.received_at) / 1000
+        if (not temporary and attempts >= self.config.max_attempts) or (
+            temporary and waited >= TEMPORARY_RETRY_SECONDS
+        ):
             log.error(
                 "Event %s in %s failed %d times, giving up: %s",
                 row.event_id,
@@ -217,13 +228,13 @@ class Inbox:
             await self.repo.mark_failed(row.seq, attempts, ms(self.clock), reason)
             self.metrics.inbox_events.labels(outcome="failed").inc()
             return
-        delay = backoff(attempts, self.config.retry_base_seconds)
+        delay = backoff(attempts, self.config.retry_base_seconds, cap=60.0 if temporary else 300.0)
         log.warning(
-            "Event %s in %s failed (attempt %d/%d, %s); retrying in %.1fs",
+            "Event %s in %s failed (attempt %d%s, %s); retrying in %.1fs",
             row.event_id,
             row.room_id,
             attempts,
-            self.config.max_attempts,
+            "" if temporary else f"/{self.config.max_attempts}",
             type(error).__name__,
             delay,
         )

@@ -10,7 +10,8 @@ from mautrix.util.async_db import Database
 
 from bridge.config import InboxConfig
 from bridge.db.inbox_repo import InboxRepo
-from bridge.inbox import Inbox
+from bridge.inbox import TEMPORARY_RETRY_SECONDS, Inbox
+from bridge.matrix.gateway import TemporaryError
 from bridge.metrics import Metrics
 from tests.support.builders import message
 from tests.support.fakes import FakeClock
@@ -161,3 +162,57 @@ async def test_depth_metrics(db: Database) -> None:
     await inbox.refresh_metrics()
     assert inbox.metrics.inbox_depth._value.get() == 2
     assert inbox.metrics.inbox_oldest_age._value.get() >= 0
+
+
+class Unavailable(Recorder):
+    """Fails with the homeserver's trouble (TemporaryError), not a bug."""
+
+    async def __call__(self, event: dict[str, Any]) -> None:
+        event_id = event["event_id"]
+        left = self.fail.get(event_id, 0)
+        if left:
+            self.fail[event_id] = left - 1 if left > 0 else -1
+            raise TemporaryError("Unavailable", status=503)
+        self.seen.append(event_id)
+
+
+async def test_homeserver_trouble_is_retried_past_max_attempts(db: Database) -> None:
+    """Found by bench/crash.py: a `!session now` whose handler met 503s/429s on five attempts
+    (~15 s) was marked failed and never answered. The homeserver's trouble is retried until
+    it has lasted TEMPORARY_RETRY_SECONDS; only a bug gives up after max_attempts."""
+    rec = Unavailable()
+    inbox = make_inbox(db, rec)
+    repo = InboxRepo(db)
+    await inbox.start()
+    command = message("!a:x", "@u:x", "!session Ada now")
+    rec.fail[command["event_id"]] = CONFIG.max_attempts + 2
+    await inbox.accept("t", [command])
+    for _ in range(500):
+        if await repo.status_of(command["event_id"]) == "done":
+            break
+        await asyncio.sleep(0.01)
+    await inbox.join()
+    await inbox.stop()
+    assert rec.seen == [command["event_id"]]
+    assert await repo.status_of(command["event_id"]) == "done"
+
+
+async def test_homeserver_trouble_gives_up_once_it_has_lasted_too_long(db: Database) -> None:
+    rec = Unavailable()
+    clock = FakeClock()
+    inbox = Inbox(InboxRepo(db), rec, clock, Metrics(), CONFIG)
+    repo = InboxRepo(db)
+    await inbox.start()
+    command = message("!a:x", "@u:x", "!session Ada now")
+    rec.fail[command["event_id"]] = -1
+    await inbox.accept("t", [command])
+    for _ in range(50):  # a few attempts, then the outage has lasted past the budget
+        await asyncio.sleep(0.01)
+    clock.advance(TEMPORARY_RETRY_SECONDS)
+    for _ in range(500):
+        if await repo.status_of(command["event_id"]) == "failed":
+            break
+        await asyncio.sleep(0.01)
+    await inbox.stop()
+    assert await repo.status_of(command["event_id"]) == "failed"
+    assert command["event_id"] not in rec.seen

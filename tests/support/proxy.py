@@ -3,6 +3,8 @@
 pass       forward both ways
 blackhole  requests go nowhere (Alcove's calls hang: "homeserver unreachable mid-flight")
 swallow    requests reach Synapse, its answers never come back ("crash after send, before ack")
+http429    each request is answered by the proxy with 429 M_LIMIT_EXCEEDED (never reaches Synapse)
+http503    each request is answered by the proxy with 503 (an overloaded or restarting server)
 """
 
 from __future__ import annotations
@@ -11,6 +13,24 @@ import asyncio
 import contextlib
 
 PASS, BLACKHOLE, SWALLOW = "pass", "blackhole", "swallow"
+HTTP429, HTTP503 = "http429", "http503"
+
+_CANNED = {
+    HTTP429: (
+        "429 Too Many Requests",
+        b'{"errcode": "M_LIMIT_EXCEEDED", "error": "Too many requests", "retry_after_ms": 200}',
+    ),
+    HTTP503: ("503 Service Unavailable", b'{"errcode": "M_UNKNOWN", "error": "Unavailable"}'),
+}
+
+
+def canned_response(mode: str) -> bytes:
+    status, body = _CANNED[mode]
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
 
 
 class FaultProxy:
@@ -46,7 +66,7 @@ class FaultProxy:
             return
         try:
             await asyncio.gather(
-                self._pump(reader, up_writer, drop_when=(BLACKHOLE,)),
+                self._pump(reader, up_writer, drop_when=(BLACKHOLE,), answer=writer),
                 self._pump(up_reader, writer, drop_when=(SWALLOW,)),
             )
         except (asyncio.CancelledError, ConnectionError):
@@ -58,9 +78,20 @@ class FaultProxy:
             self._conns.discard(task)
 
     async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, drop_when: tuple[str, ...]
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        drop_when: tuple[str, ...],
+        answer: asyncio.StreamWriter | None = None,
     ) -> None:
+        """Forward ``reader`` to ``writer``. With ``answer`` (the client's side), a request read
+        in an http429/http503 mode is not forwarded: the proxy answers it and closes both ends
+        (Alcove's client sends one request at a time on a connection, so nothing is mixed)."""
         while data := await reader.read(65536):
+            if answer is not None and self.mode in _CANNED:
+                answer.write(canned_response(self.mode))
+                await answer.drain()
+                raise ConnectionError("answered by the proxy")
             if self.mode in drop_when:
                 continue
             writer.write(data)
