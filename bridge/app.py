@@ -93,6 +93,7 @@ class Alcove:
             self.metrics,
             Scrubber(self.db, self._homeserver_database()),
             can_decrypt=self.crypto.can_decrypt if self.crypto is not None else None,
+            room_encrypted=self.crypto.is_encrypted if self.crypto is not None else None,
         )
         self.dispatcher = Dispatcher(cfg.bot_user_id, self.bot, f"@{cfg.appservice.client_prefix}")
         handler = self.dispatcher.handle

@@ -147,7 +147,9 @@ class ConversationService:
         speaker = await self.join_as_staff(therapist, room.room_id)
         if speaker == therapist:
             await self._mark_direct(therapist, client.user_id, room.room_id)
-        await self._welcome(room, therapist, client, speaker)
+        # The welcome comes from the bot where the room is encrypted (TherapistVoice).
+        author = await self.voice.in_room(speaker, room.room_id)
+        await self._welcome(room, therapist, client, author)
         return room
 
     async def join_as_staff(self, staff: str, room_id: str) -> str:
