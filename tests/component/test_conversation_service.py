@@ -24,6 +24,7 @@ from bots.features.conversations.service import (
     ConversationService,
     NewClient,
 )
+from bots.features.voice import TherapistVoice
 from bridge.config import Config
 from bridge.db.audit_repo import AuditLog
 from bridge.db.outbox_repo import DeviceRepo, OutboxRepo
@@ -99,7 +100,13 @@ async def build(db: Database, tmp_path: Path) -> AsyncIterator[Build]:
         outboxes.append(outbox)
         repo = ConversationRepo(db)
         audit = AuditLog(db, clock)
-        service = ConversationService(config, gateway, outbox, repo, audit, clock)
+        fake_gateway = gateway
+
+        async def encrypted(room_id: str) -> bool:  # as the crypto sees it: the room's state
+            return (room_id, "m.room.encryption", "") in fake_gateway.state
+
+        voice = TherapistVoice(config, gateway, encrypted)
+        service = ConversationService(config, gateway, outbox, repo, audit, clock, voice)
         return World(config, gateway, outbox, repo, audit, clock, service)
 
     yield make
@@ -288,6 +295,36 @@ async def two_clients(world: World) -> tuple[Client, Client]:
     a = (await world.add("Anna Bell", "$a")).client
     b = (await world.add("Carl Dunn", "$b")).client
     return a, b
+
+
+async def test_rooms_are_created_encrypted_per_kind(build: Build, tmp_path: Path) -> None:
+    """encryption.rooms: with encryption enabled, a new 1:1 is encrypted from its creation
+    (Megolm in the initial state) and its welcome comes from the bot on the therapist's behalf
+    (the trust model); a kind turned off (group here) is created plain. Nothing changes while
+    encryption is disabled (the default)."""
+    config = make_config(tmp_path, encryption={"enabled": True, "rooms": {"group": False}})
+    world = await build(config=config)
+    gw = world.gateway
+    a, b = await two_clients(world)
+    dm = await world.repo.dm_of(THERAPIST, a.user_id)
+    assert dm is not None
+    megolm = [e for e in gw.rooms[dm.room_id]["initial_state"] if e["type"] == "m.room.encryption"]
+    assert megolm == [
+        {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": rules.MEGOLM}}
+    ]
+    (welcome,) = await world.sent_to(dm.room_id)
+    assert welcome.sender == config.bot_user_id
+    assert welcome.content["body"].startswith("On behalf of Dr T: ")
+    assert (THERAPIST, dm.room_id) in gw.joined  # the therapist is still a member as themselves
+
+    group = await world.service.create_group(THERAPIST, "Tuesday group", [a, b], "$group1")
+    state = gw.rooms[group.room_id]["initial_state"]
+    assert all(e["type"] != "m.room.encryption" for e in state)
+
+    plain = await build(config=make_config(tmp_path))  # encryption.enabled: false
+    new = await plain.add("Carl Dunn", "$add-plain")
+    state = plain.gateway.rooms[new.room.room_id]["initial_state"]
+    assert all(e["type"] != "m.room.encryption" for e in state)
 
 
 async def test_create_group(world: World) -> None:

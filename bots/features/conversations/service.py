@@ -137,7 +137,12 @@ class ConversationService:
         room = await self.repo.dm_of(therapist, client.user_id)
         if room is None:
             room_id = await self.gateway.create_room(
-                rules.dm_body(therapist, client.user_id, client.full_name)
+                rules.dm_body(
+                    therapist,
+                    client.user_id,
+                    client.full_name,
+                    encrypted=self.config.encryption.encrypts("dm"),
+                )
             )
             room = Room(room_id, DM, therapist, client.user_id, client.full_name)
             await self.repo.add_room(room, ms(self.clock), origin_event)
@@ -194,7 +199,12 @@ class ConversationService:
         room = await self.repo.room_by_origin(origin_event)
         if room is None:
             room_id = await self.gateway.create_room(
-                rules.group_body(therapist, [c.user_id for c in clients], title)
+                rules.group_body(
+                    therapist,
+                    [c.user_id for c in clients],
+                    title,
+                    encrypted=self.config.encryption.encrypts("group"),
+                )
             )
             room = Room(room_id, GROUP, therapist, None, title)
             await self.repo.add_room(room, ms(self.clock), origin_event)
@@ -358,7 +368,11 @@ class ConversationService:
         if existing:
             room = existing[0]
         else:
-            room_id = await self.gateway.create_room(rules.staff_room_body(name, levels, topic))
+            room_id = await self.gateway.create_room(
+                rules.staff_room_body(
+                    name, levels, topic, encrypted=self.config.encryption.encrypts("staff")
+                )
+            )
             room = Room(room_id, kind, therapist, None, name)
             await self.repo.add_room(room, ms(self.clock))
             await self.audit.record(self.bot, "room.created", therapist, room_id, kind=kind)

@@ -188,6 +188,7 @@ class SessionService(SessionEnding):
                 f"Text-only session until {self.local(session.end_at)}. Messages and files here "
                 "are deleted when it ends; nothing is kept."
             ),
+            encrypted=self.config.encryption.encrypts("session"),
         )
         room_id = await self.gateway.create_room(body)
         self.room_ids.add(room_id)
