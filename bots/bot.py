@@ -44,7 +44,7 @@ from .features.sessions.commands import SessionCommands
 from .features.sessions.ending import Scrub
 from .features.sessions.repo import SessionRepo
 from .features.sessions.service import SessionService
-from .features.voice import RoomEncrypted, TherapistVoice
+from .features.voice import RoomCrypto, TherapistVoice
 
 log = logging.getLogger("alcove.bot")
 
@@ -61,7 +61,7 @@ class Bot:
         metrics: Metrics | None = None,
         scrub: Scrub | None = None,
         can_decrypt: Callable[[str], bool] | None = None,
-        room_encrypted: RoomEncrypted | None = None,
+        crypto: RoomCrypto | None = None,
     ) -> None:
         self.config = config
         self.can_decrypt: Callable[[str], bool] = can_decrypt or (lambda _room_id: False)
@@ -73,7 +73,7 @@ class Bot:
         self.clock = clock
         self.audit = AuditLog(db, clock)
         rooms = ConversationRepo(db)
-        voice = TherapistVoice(config, gateway, room_encrypted)  # the bot speaks where encrypted
+        voice = TherapistVoice(config, gateway, crypto)  # the bot speaks where encrypted
         self.metrics = metrics
         self.management = ManagementRooms(
             config, gateway, outbox, rooms, self.audit, clock, voice, self.timers, metrics

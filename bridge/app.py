@@ -93,7 +93,7 @@ class Alcove:
             self.metrics,
             Scrubber(self.db, self._homeserver_database()),
             can_decrypt=self.crypto.can_decrypt if self.crypto is not None else None,
-            room_encrypted=self.crypto.is_encrypted if self.crypto is not None else None,
+            crypto=self.crypto,
         )
         self.dispatcher = Dispatcher(cfg.bot_user_id, self.bot, f"@{cfg.appservice.client_prefix}")
         handler = self.dispatcher.handle
@@ -129,6 +129,7 @@ class Alcove:
         )
         if self.crypto is not None:
             self.crypto.on_session = self._room_key_arrived
+            self.crypto.on_devices = self.bot.conversations.send_waiting_welcomes
         self.web = build_web_app(
             endpoint, self.metrics, self.refresh_metrics, cfg.appservice.max_body_size_mib
         )

@@ -10,26 +10,32 @@ is cross-signed by the bot, so its "On behalf of ..." message is shown without o
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from bridge.config import Config
 from bridge.matrix.gateway import MatrixGateway
 from bridge.matrix.outbox import AUTOMATED
 
-__all__ = ["AUTOMATED", "RoomEncrypted", "TherapistVoice"]
+__all__ = ["AUTOMATED", "RoomCrypto", "TherapistVoice"]
 
-RoomEncrypted = Callable[[str], Awaitable[bool]]
-"""Whether a room is end-to-end encrypted (bridge/crypto's ``Crypto.is_encrypted``)."""
+
+class RoomCrypto(Protocol):
+    """What the voice asks of the crypto (bridge/crypto's ``Crypto``)."""
+
+    async def is_encrypted(self, room_id: str) -> bool:
+        """Whether the room is end-to-end encrypted."""
+
+    async def has_devices(self, user_id: str) -> bool:
+        """Whether the user has a device with encryption keys (one that can be sent a key)."""
 
 
 class TherapistVoice:
     def __init__(
-        self, config: Config, gateway: MatrixGateway, encrypted: RoomEncrypted | None = None
+        self, config: Config, gateway: MatrixGateway, crypto: RoomCrypto | None = None
     ) -> None:
         self.config = config
         self.gateway = gateway
-        self.encrypted = encrypted
+        self.crypto = crypto
         self._exists: set[str] = set()  # only positive answers: an account may be created later
 
     def name(self, user_id: str) -> str:
@@ -49,9 +55,18 @@ class TherapistVoice:
 
     async def in_room(self, speaker: str, room_id: str) -> str:
         """``speaker`` where the room is not end-to-end encrypted; the bot where it is."""
-        if self.encrypted is not None and await self.encrypted(room_id):
+        if self.crypto is not None and await self.crypto.is_encrypted(room_id):
             return self.gateway.bot_user_id
         return speaker
+
+    async def can_read(self, user_id: str, room_id: str) -> bool:
+        """Whether a message sent now into the room could be read by ``user_id`` at all: in an
+        encrypted room only if they have a device to share the room key with (a key is never
+        sent to a device that signs in later, and clients accept a forwarded one only from
+        their own devices)."""
+        if self.crypto is None or not await self.crypto.is_encrypted(room_id):
+            return True
+        return await self.crypto.has_devices(user_id)
 
     def content(
         self,

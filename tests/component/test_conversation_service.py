@@ -53,6 +53,21 @@ class KickGateway(RecordingGateway):
         await super().kick(room_id, user_id, reason)
 
 
+class FakeCrypto:
+    """The crypto as the voice asks it: a room is encrypted when its state says so; a user has
+    a device with keys once listed in ``devices``."""
+
+    def __init__(self, gateway: RecordingGateway) -> None:
+        self.gateway = gateway
+        self.devices: set[str] = set()
+
+    async def is_encrypted(self, room_id: str) -> bool:
+        return (room_id, "m.room.encryption", "") in self.gateway.state
+
+    async def has_devices(self, user_id: str) -> bool:
+        return user_id in self.devices
+
+
 @dataclass
 class World:
     config: Config
@@ -62,6 +77,7 @@ class World:
     audit: AuditLog
     clock: FakeClock
     service: ConversationService
+    crypto: FakeCrypto
 
     async def add(
         self, full_name: str, origin: str, therapist: str = THERAPIST, email: str | None = None
@@ -100,14 +116,10 @@ async def build(db: Database, tmp_path: Path) -> AsyncIterator[Build]:
         outboxes.append(outbox)
         repo = ConversationRepo(db)
         audit = AuditLog(db, clock)
-        fake_gateway = gateway
-
-        async def encrypted(room_id: str) -> bool:  # as the crypto sees it: the room's state
-            return (room_id, "m.room.encryption", "") in fake_gateway.state
-
-        voice = TherapistVoice(config, gateway, encrypted)
+        crypto = FakeCrypto(gateway)
+        voice = TherapistVoice(config, gateway, crypto)
         service = ConversationService(config, gateway, outbox, repo, audit, clock, voice)
-        return World(config, gateway, outbox, repo, audit, clock, service)
+        return World(config, gateway, outbox, repo, audit, clock, service, crypto)
 
     yield make
     for outbox in outboxes:
@@ -312,10 +324,19 @@ async def test_rooms_are_created_encrypted_per_kind(build: Build, tmp_path: Path
     assert megolm == [
         {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": rules.MEGOLM}}
     ]
+    assert (THERAPIST, dm.room_id) in gw.joined  # the therapist is still a member as themselves
+    # A new client has no device yet: a welcome now would be encrypted for nobody of theirs
+    # (and clients take a forwarded key only from their own devices). It waits.
+    assert await world.sent_to(dm.room_id) == []
+    await world.service.send_waiting_welcomes([a.user_id, THERAPIST, "@stranger:test.local"])
+    assert await world.sent_to(dm.room_id) == []  # still no device
+    world.crypto.devices.add(a.user_id)  # their first sign-in (a device-list change)
+    await world.service.send_waiting_welcomes([a.user_id])
     (welcome,) = await world.sent_to(dm.room_id)
     assert welcome.sender == config.bot_user_id
     assert welcome.content["body"].startswith("On behalf of Dr T: ")
-    assert (THERAPIST, dm.room_id) in gw.joined  # the therapist is still a member as themselves
+    await world.service.send_waiting_welcomes([a.user_id])  # another device later: not again
+    assert len(await world.sent_to(dm.room_id)) == 1
 
     group = await world.service.create_group(THERAPIST, "Tuesday group", [a, b], "$group1")
     state = gw.rooms[group.room_id]["initial_state"]

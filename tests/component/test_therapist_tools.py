@@ -122,8 +122,12 @@ async def build(db: Database, tmp_path: Path) -> AsyncIterator[Build]:
     ) -> World:
         encrypted: set[str] = set()  # rooms the (fake) crypto says are end-to-end encrypted
 
-        async def is_encrypted(room_id: str) -> bool:
-            return room_id in encrypted
+        class Crypto:
+            async def is_encrypted(self, room_id: str) -> bool:
+                return room_id in encrypted
+
+            async def has_devices(self, user_id: str) -> bool:
+                return True
 
         config = config or make_config(tmp_path)
         gateway = gateway or FailingGateway(
@@ -137,7 +141,7 @@ async def build(db: Database, tmp_path: Path) -> AsyncIterator[Build]:
         conversations = ConversationService(
             config, gateway, outbox, repo, AuditLog(db, clock), clock
         )
-        voice = TherapistVoice(config, gateway, is_encrypted)
+        voice = TherapistVoice(config, gateway, Crypto())
         return World(
             db,
             config,

@@ -35,11 +35,15 @@ async def test_in_an_encrypted_room_the_bot_speaks_on_behalf(tmp_path: Path) -> 
     gateway = RecordingGateway(existing_users={THERAPIST})
     asked: list[str] = []
 
-    async def encrypted(room_id: str) -> bool:
-        asked.append(room_id)
-        return room_id == "!secret:test.local"
+    class Crypto:
+        async def is_encrypted(self, room_id: str) -> bool:
+            asked.append(room_id)
+            return room_id == "!secret:test.local"
 
-    voice = TherapistVoice(make_config(tmp_path), gateway, encrypted)
+        async def has_devices(self, user_id: str) -> bool:
+            return False
+
+    voice = TherapistVoice(make_config(tmp_path), gateway, Crypto())
     assert await voice.speaker(THERAPIST) == THERAPIST  # no room: who may act for them (joins)
     assert await voice.speaker(THERAPIST, "!plain:test.local") == THERAPIST
     speaker = await voice.speaker(THERAPIST, "!secret:test.local")

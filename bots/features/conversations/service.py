@@ -153,9 +153,27 @@ class ConversationService:
         if speaker == therapist:
             await self._mark_direct(therapist, client.user_id, room.room_id)
         # The welcome comes from the bot where the room is encrypted (TherapistVoice).
-        author = await self.voice.in_room(speaker, room.room_id)
-        await self._welcome(room, therapist, client, author)
+        if await self.voice.can_read(client.user_id, room.room_id):
+            author = await self.voice.in_room(speaker, room.room_id)
+            await self._welcome(room, therapist, client, author)
+        else:  # encrypted, and no device of the client's to give the key to: not yet
+            log.info("The welcome in %s waits for the client's first device", room.room_id)
         return room
+
+    async def send_waiting_welcomes(self, users: list[str]) -> None:
+        """Users whose devices changed (bridge/crypto): a client whose encrypted 1:1 has had no
+        welcome yet (it waited for their first device) gets it now. Once: the outbox keeps the
+        welcome's row (and its key) for good."""
+        for user in users:
+            client = await self.repo.client(user)
+            if client is None:
+                continue
+            room = await self.repo.dm_of(client.therapist_id, user)
+            if room is None or await self.repo.welcome_sent(room.room_id):
+                continue
+            if await self.voice.can_read(user, room.room_id):
+                speaker = await self.voice.speaker(client.therapist_id, room.room_id)
+                await self._welcome(room, client.therapist_id, client, speaker)
 
     async def join_as_staff(self, staff: str, room_id: str) -> str:
         """Accept the invite for a staff member when Alcove may speak for them (see
