@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from nio import RoomSendResponse
+from nio import RoomMessageText, RoomSendResponse, ShareGroupSessionResponse
 
 from bridge.config import load_config
 from bridge.devstack import DevStack
@@ -238,5 +238,53 @@ async def test_a_client_reads_the_welcome_of_an_encrypted_1to1(
         assert welcome.sender == BOT
         assert welcome.body.startswith("On behalf of ")
         assert "Jane" in welcome.body
+        bot_keys = {d.curve25519 for d in client.client.device_store.active_user_devices(BOT)}
+        assert welcome.sender_key in bot_keys
+
+        # The alternative the trust model rejects, measured: a message whose claimed sender is
+        # not the owner of the device that encrypted it (the foundation's double puppet: the
+        # therapist's user ID, the bot's device). Mirrored here with what a test can hold: the
+        # therapist's device encrypts, the appservice posts it as the bot.
+        forged = await post_encrypted_as_bot(crypto_synapse, nio, added.room_id, "Hello again")
+        seen = await event_seen(client, added.room_id, forged)
+        assert isinstance(seen, RoomMessageText), seen  # nio decrypts it ...
+        assert seen.sender == BOT and seen.body == "Hello again"
+        assert seen.sender_key not in bot_keys  # ... from no device of the claimed sender ...
+        assert not seen.verified  # ... and marks it unverified, the bot's device trusted or not
     finally:
         await client.close()
+
+
+async def post_encrypted_as_bot(stack: DevStack, nio: E2EEUser, room_id: str, text: str) -> str:
+    """Encrypt ``text`` with ``nio``'s device (its Megolm session shared with the room's
+    devices first) and post the ciphertext as the bot with the appservice token."""
+    await nio.sync()
+    shared = await nio.client.share_group_session(room_id, ignore_unverified_devices=True)
+    assert isinstance(shared, ShareGroupSessionResponse), shared
+    assert nio.client.olm is not None
+    content = nio.client.olm.group_encrypt(
+        room_id, {"type": "m.room.message", "content": {"msgtype": "m.text", "body": text}}
+    )
+    token = load_config(stack.config_path, environ={}).appservice.as_token
+    url = (
+        f"{stack.homeserver_url}/_matrix/client/v3/rooms/{room_id}/send/m.room.encrypted/"
+        f"forged-{time.monotonic_ns()}"
+    )
+    async with aiohttp.ClientSession() as http:
+        put = http.put(url, json=content, headers={"Authorization": f"Bearer {token}"})
+        async with put as response:
+            body: dict[str, Any] = await response.json()
+            assert response.status == 200, body
+    return str(body["event_id"])
+
+
+async def event_seen(user: E2EEUser, room_id: str, event_id: str) -> Any:
+    """The event as ``user``'s client shows it (decrypted where it can)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        response = await user.sync(timeout_ms=1000)
+        room = response.rooms.join.get(room_id)
+        for event in room.timeline.events if room else []:
+            if event.event_id == event_id:
+                return event
+    raise AssertionError(f"{event_id} not seen within 30 s")
