@@ -41,7 +41,7 @@ from .features.phrases.commands import PhraseCommands, PhraseRepo
 from .features.schedule.commands import ScheduleCommands
 from .features.schedule.service import ScheduleService
 from .features.sessions.commands import SessionCommands
-from .features.sessions.ending import Scrub
+from .features.sessions.ending import ForgetKeys, Scrub
 from .features.sessions.repo import SessionRepo
 from .features.sessions.service import SessionService
 from .features.voice import RoomCrypto, TherapistVoice
@@ -62,6 +62,7 @@ class Bot:
         scrub: Scrub | None = None,
         can_decrypt: Callable[[str], bool] | None = None,
         crypto: RoomCrypto | None = None,
+        forget_room_keys: ForgetKeys | None = None,
     ) -> None:
         self.config = config
         self.can_decrypt: Callable[[str], bool] = can_decrypt or (lambda _room_id: False)
@@ -96,6 +97,7 @@ class Bot:
             self.audit,
             metrics,
             scrub,
+            forget_room_keys,
         )
         self.governance = RoomGovernance(
             config,

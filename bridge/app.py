@@ -94,6 +94,7 @@ class Alcove:
             Scrubber(self.db, self._homeserver_database()),
             can_decrypt=self.crypto.can_decrypt if self.crypto is not None else None,
             crypto=self.crypto,
+            forget_room_keys=self.crypto.forget_room if self.crypto is not None else None,
         )
         self.dispatcher = Dispatcher(cfg.bot_user_id, self.bot, f"@{cfg.appservice.client_prefix}")
         handler = self.dispatcher.handle

@@ -371,6 +371,14 @@ class Crypto:
             await self.rooms.put_members(room, list(users))
             await self.machine.share_group_session(room, users)
 
+    async def forget_room(self, room_id: str) -> None:
+        """Discard the room's Megolm sessions (a text-only session's end): after it not even
+        Alcove can decrypt what a backup of the homeserver's database still holds. (Alcove
+        keeps no server-side key backup, so there is none to delete.)"""
+        gone = await self.rooms.forget_room_keys(self.bot, room_id)
+        self._share_locks.pop(room_id, None)
+        log.info("Discarded %d Megolm sessions of %s", gone, room_id)
+
     def can_decrypt(self, room_id: str) -> bool:
         """Whether Alcove takes part in the encrypted room ``room_id`` (the predicate the
         "I can't read this room" answer asks): yes once the crypto is started."""
