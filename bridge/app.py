@@ -58,6 +58,7 @@ class Alcove:
         self.bot, self.inbox, self.catchup = rt.bot, rt.inbox, rt.catchup
         if self.crypto is not None:
             self.crypto.on_session = self._room_key_arrived
+            self.crypto.on_devices = self.bot.conversations.send_waiting_welcomes
         self.web = build_web_app(
             rt.endpoint, self.metrics, self.refresh_metrics, cfg.appservice.max_body_size_mib
         )

@@ -196,6 +196,14 @@ class InboxConfig:
     keep_done_hours: float = 24.0
 
 
+ROOM_KINDS = ("management", "dm", "group", "session", "staff")
+"""The kinds of room Alcove creates, as named under ``encryption.rooms``."""
+ENCRYPTED_BY_DEFAULT = ("management", "dm", "group", "staff")
+"""Each carries clinical content (the management room: client names, initial passwords and
+transcripts). Not "session" yet: its transcript and purge read the room's history from the
+homeserver, which in an encrypted room is ciphertext (the transcript would be empty)."""
+
+
 @dataclass(frozen=True)
 class EncryptionConfig:
     """End-to-end encryption (issue 11): the bot as a crypto-capable member."""
@@ -203,6 +211,15 @@ class EncryptionConfig:
     enabled: bool = False
     key_wait_minutes: float = 60.0
     """How long an encrypted event whose room key has not arrived is kept waiting for it."""
+    rooms: frozenset[str] = frozenset(ENCRYPTED_BY_DEFAULT)
+    """The kinds of room Alcove creates end-to-end encrypted (when ``enabled``): by default
+    every kind that works encrypted (see ENCRYPTED_BY_DEFAULT). Existing rooms are never
+    converted."""
+
+    def encrypts(self, kind: str) -> bool:
+        """Whether a new room of ``kind`` (one of ROOM_KINDS) is created encrypted."""
+        assert kind in ROOM_KINDS, kind
+        return self.enabled and kind in self.rooms
 
 
 @dataclass(frozen=True)
@@ -571,10 +588,22 @@ def _inbox(s: _Section) -> InboxConfig:
 
 
 def _encryption(s: _Section) -> EncryptionConfig:
+    rooms = _read(s.section("rooms", required=False), _encrypted_rooms)
+    if "session" in rooms:
+        raise ConfigError(
+            s.key("rooms.session"),
+            "encrypted session rooms are not supported yet (their transcript and purge read "
+            "the history from the homeserver, which would be ciphertext): set it to false",
+        )
     return EncryptionConfig(
         enabled=s.flag("enabled", False),
         key_wait_minutes=s.number("key_wait_minutes", 60.0, low=1.0),
+        rooms=rooms,
     )
+
+
+def _encrypted_rooms(s: _Section) -> frozenset[str]:
+    return frozenset(kind for kind in ROOM_KINDS if s.flag(kind, kind in ENCRYPTED_BY_DEFAULT))
 
 
 # --------------------------------------------------------------------------- entry points

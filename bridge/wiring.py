@@ -31,10 +31,10 @@ from bots.features.phrases.commands import PhraseCommands, PhraseRepo
 from bots.features.schedule.commands import ScheduleCommands
 from bots.features.schedule.service import ScheduleService
 from bots.features.sessions.commands import SessionCommands
-from bots.features.sessions.ending import Scrub
+from bots.features.sessions.ending import ForgetKeys, Scrub
 from bots.features.sessions.repo import SessionRepo
 from bots.features.sessions.service import SessionService
-from bots.features.voice import TherapistVoice
+from bots.features.voice import RoomCrypto, TherapistVoice
 
 from .catchup import CatchUp
 from .clock import Clock
@@ -68,12 +68,14 @@ def build_bot(
     metrics: Metrics | None = None,
     scrub: Scrub | None = None,
     can_decrypt: Callable[[str], bool] | None = None,
+    crypto: RoomCrypto | None = None,
+    forget_room_keys: ForgetKeys | None = None,
 ) -> Bot:
     """The command bot with every feature service and command it uses."""
     timers = timers or Timers(clock)
     audit = AuditLog(db, clock)
     rooms = ConversationRepo(db)
-    voice = TherapistVoice(config, gateway)
+    voice = TherapistVoice(config, gateway, crypto)  # the bot speaks where encrypted
     management = ManagementRooms(
         config, gateway, outbox, rooms, audit, clock, voice, timers, metrics
     )
@@ -95,6 +97,7 @@ def build_bot(
         audit,
         metrics,
         scrub,
+        forget_room_keys,
     )
     governance = RoomGovernance(
         config,
@@ -212,6 +215,8 @@ def build(
         metrics,
         Scrubber(db, homeserver_database_of(cfg)),
         can_decrypt=crypto.can_decrypt if crypto is not None else None,
+        crypto=crypto,
+        forget_room_keys=crypto.forget_room if crypto is not None else None,
     )
     dispatcher = Dispatcher(cfg.bot_user_id, bot, f"@{cfg.appservice.client_prefix}")
     handler = dispatcher.handle

@@ -112,6 +112,9 @@ class Crypto:
         self._tasks: set[asyncio.Task[object]] = set()
         self._share_locks: dict[str, asyncio.Lock] = {}
         self._requested: set[str] = set()
+        self.on_devices: Callable[[list[str]], Coroutine[Any, Any, None]] | None = None
+        """Called with the users whose device lists changed (a new device signed in), once the
+        OlmMachine knows their new devices: a message waiting for a first device can go."""
 
     @property
     def on_session(self) -> Callable[[str], None] | None:
@@ -219,12 +222,17 @@ class Crypto:
         if isinstance(lists, dict):
             changed = DeviceLists.deserialize(cast(JSON, lists))
             if changed.changed:
-                self._spawn(self.machine.handle_device_lists(changed), "crypto-device-lists")
+                self._spawn(self._device_lists(changed), "crypto-device-lists")
         if isinstance(counts, dict):
             mine = counts.get(self.bot, {}).get(self.device_id)
             if isinstance(mine, dict):
                 count = DeviceOTKCount.deserialize(cast(JSON, mine))
                 self._spawn(self.machine.handle_otk_count(count), "crypto-otk-top-up")
+
+    async def _device_lists(self, changed: DeviceLists) -> None:
+        await self.machine.handle_device_lists(changed)
+        if self.on_devices is not None:
+            await self.on_devices([str(user) for user in changed.changed])
 
     async def _to_device(self, raw: Any) -> None:
         try:
@@ -255,6 +263,14 @@ class Crypto:
                 content = None
             await self.rooms.put_encryption(room_id, content)
         return await self.rooms.is_encrypted(RoomID(room_id))
+
+    async def has_devices(self, user_id: str) -> bool:
+        """Whether the user has a device with encryption keys (asked of the homeserver)."""
+        try:
+            resp = await self.client.query_keys([UserID(user_id)])
+        except MatrixError as e:
+            raise TemporaryError(f"devices of {user_id}: {e}") from None
+        return bool(resp.device_keys.get(UserID(user_id)))
 
     async def on_state(self, event: dict[str, Any]) -> None:
         """A room event on its way to dispatch: encryption turned on, or a member change that
@@ -354,6 +370,14 @@ class Crypto:
             ]
             await self.rooms.put_members(room, list(users))
             await self.machine.share_group_session(room, users)
+
+    async def forget_room(self, room_id: str) -> None:
+        """Discard the room's Megolm sessions (a text-only session's end): after it not even
+        Alcove can decrypt what a backup of the homeserver's database still holds. (Alcove
+        keeps no server-side key backup, so there is none to delete.)"""
+        gone = await self.rooms.forget_room_keys(self.bot, room_id)
+        self._share_locks.pop(room_id, None)
+        log.info("Discarded %d Megolm sessions of %s", gone, room_id)
 
     def can_decrypt(self, room_id: str) -> bool:
         """Whether Alcove takes part in the encrypted room ``room_id`` (the predicate the

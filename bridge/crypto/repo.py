@@ -59,6 +59,35 @@ class CryptoRoomRepo(StateStore):
                 [(room_id, user_id) for user_id in sorted(set(user_ids))],
             )
 
+    async def forget_room_keys(self, account_id: str, room_id: str) -> int:
+        """Delete every Megolm session of the room from mautrix's crypto store (inbound ones,
+        their message indexes, the outbound one): nothing encrypted in the room can be
+        decrypted with this store any more. Returns how many inbound sessions there were."""
+        async with transaction(self.db):
+            await self.db.execute(
+                "DELETE FROM crypto_message_index WHERE session_id IN (SELECT session_id"
+                " FROM crypto_megolm_inbound_session WHERE account_id = $1 AND room_id = $2)",
+                account_id,
+                room_id,
+            )
+            gone = await self.db.fetchval(
+                "SELECT COUNT(*) FROM crypto_megolm_inbound_session"
+                " WHERE account_id = $1 AND room_id = $2",
+                account_id,
+                room_id,
+            )
+            await self.db.execute(
+                "DELETE FROM crypto_megolm_inbound_session WHERE account_id = $1 AND room_id = $2",
+                account_id,
+                room_id,
+            )
+            await self.db.execute(
+                "DELETE FROM crypto_megolm_outbound_session WHERE account_id = $1 AND room_id = $2",
+                account_id,
+                room_id,
+            )
+        return int(gone or 0)
+
     # ------------------------------------------------------------------ mautrix StateStore
 
     async def is_encrypted(self, room_id: RoomID) -> bool:

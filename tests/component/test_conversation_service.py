@@ -51,6 +51,21 @@ class KickGateway(RecordingGateway):
         await super().kick(room_id, user_id, reason)
 
 
+class FakeCrypto:
+    """The crypto as the voice asks it: a room is encrypted when its state says so; a user has
+    a device with keys once listed in ``devices``."""
+
+    def __init__(self, gateway: RecordingGateway) -> None:
+        self.gateway = gateway
+        self.devices: set[str] = set()
+
+    async def is_encrypted(self, room_id: str) -> bool:
+        return (room_id, "m.room.encryption", "") in self.gateway.state
+
+    async def has_devices(self, user_id: str) -> bool:
+        return user_id in self.devices
+
+
 @dataclass
 class World:
     config: Config
@@ -60,6 +75,7 @@ class World:
     audit: AuditLog
     clock: FakeClock
     service: ConversationService
+    crypto: FakeCrypto
 
     async def add(
         self, full_name: str, origin: str, therapist: str = THERAPIST, email: str | None = None
@@ -91,9 +107,10 @@ async def build(harnesses: Harnesses, tmp_path: Path) -> Build:
         gateway = gateway or RecordingGateway(
             bot_user_id=config.bot_user_id, existing_users={THERAPIST}
         )
-        h = await harnesses.build(config, gateway, clock or FakeClock())
+        crypto = FakeCrypto(gateway)
+        h = await harnesses.build(config, gateway, clock or FakeClock(), crypto=crypto)
         service = h.bot.conversations
-        return World(config, gateway, h.outbox, service.repo, h.bot.audit, h.clock, service)
+        return World(config, gateway, h.outbox, service.repo, h.bot.audit, h.clock, service, crypto)
 
     return make
 
@@ -279,6 +296,45 @@ async def two_clients(world: World) -> tuple[Client, Client]:
     a = (await world.add("Anna Bell", "$a")).client
     b = (await world.add("Carl Dunn", "$b")).client
     return a, b
+
+
+async def test_rooms_are_created_encrypted_per_kind(build: Build, tmp_path: Path) -> None:
+    """encryption.rooms: with encryption enabled, a new 1:1 is encrypted from its creation
+    (Megolm in the initial state) and its welcome comes from the bot on the therapist's behalf
+    (the trust model); a kind turned off (group here) is created plain. Nothing changes while
+    encryption is disabled (the default)."""
+    config = make_config(tmp_path, encryption={"enabled": True, "rooms": {"group": False}})
+    world = await build(config=config)
+    gw = world.gateway
+    a, b = await two_clients(world)
+    dm = await world.repo.dm_of(THERAPIST, a.user_id)
+    assert dm is not None
+    megolm = [e for e in gw.rooms[dm.room_id]["initial_state"] if e["type"] == "m.room.encryption"]
+    assert megolm == [
+        {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": rules.MEGOLM}}
+    ]
+    assert (THERAPIST, dm.room_id) in gw.joined  # the therapist is still a member as themselves
+    # A new client has no device yet: a welcome now would be encrypted for nobody of theirs
+    # (and clients take a forwarded key only from their own devices). It waits.
+    assert await world.sent_to(dm.room_id) == []
+    await world.service.send_waiting_welcomes([a.user_id, THERAPIST, "@stranger:test.local"])
+    assert await world.sent_to(dm.room_id) == []  # still no device
+    world.crypto.devices.add(a.user_id)  # their first sign-in (a device-list change)
+    await world.service.send_waiting_welcomes([a.user_id])
+    (welcome,) = await world.sent_to(dm.room_id)
+    assert welcome.sender == config.bot_user_id
+    assert welcome.content["body"].startswith("On behalf of Dr T: ")
+    await world.service.send_waiting_welcomes([a.user_id])  # another device later: not again
+    assert len(await world.sent_to(dm.room_id)) == 1
+
+    group = await world.service.create_group(THERAPIST, "Tuesday group", [a, b], "$group1")
+    state = gw.rooms[group.room_id]["initial_state"]
+    assert all(e["type"] != "m.room.encryption" for e in state)
+
+    plain = await build(config=make_config(tmp_path))  # encryption.enabled: false
+    new = await plain.add("Carl Dunn", "$add-plain")
+    state = plain.gateway.rooms[new.room.room_id]["initial_state"]
+    assert all(e["type"] != "m.room.encryption" for e in state)
 
 
 async def test_create_group(world: World) -> None:

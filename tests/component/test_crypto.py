@@ -10,9 +10,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from mautrix.crypto import OlmAccount
+from mautrix.crypto import InboundGroupSession, OlmAccount, OutboundGroupSession
 from mautrix.errors import MatrixUnknownRequestError, MForbidden
-from mautrix.types import RoomID, UserID
+from mautrix.types import EventID, RoomID, SessionID, UserID
 from mautrix.util.async_db import Database
 
 from bridge.config import InboxConfig
@@ -254,3 +254,43 @@ async def test_transaction_extensions_come_before_its_room_events(db: Database) 
         assert accepted.status == 200
     assert seen == [(body["de.sorunome.msc2409.to_device"], 0)]
     assert (await inbox.repo.depth())[0] == 1
+
+
+async def test_a_rooms_megolm_sessions_are_forgotten(db: Database) -> None:
+    """A text-only session's end (issue 11): every Megolm session of the room leaves the crypto
+    store (inbound ones with their message indexes, the outbound one); other rooms keep
+    theirs."""
+    crypto_db, store = crypto_store(db, BOT)
+    await crypto_db.start()
+    await store.open()
+    account = OlmAccount()
+    await store.put_account(account)
+    ended, other = RoomID("!ended:test.local"), RoomID("!other:test.local")
+    sessions: dict[RoomID, list[SessionID]] = {ended: [], other: []}
+    for room in (ended, ended, other):
+        outbound = OutboundGroupSession(room)
+        await store.add_outbound_group_session(outbound)
+        inbound = InboundGroupSession(
+            outbound.session_key,
+            account.signing_key,
+            account.identity_key,
+            room,
+        )
+        await store.put_group_session(room, account.identity_key, inbound.id, inbound)
+        await store.validate_message_index(
+            account.identity_key, inbound.id, EventID(f"$e-{inbound.id}"), 0, 1
+        )
+        sessions[room].append(inbound.id)
+
+    gone = await CryptoRoomRepo(db).forget_room_keys(BOT, ended)
+
+    assert gone == 2
+    for session_id in sessions[ended]:
+        assert await store.get_group_session(ended, session_id) is None
+    assert await store.get_outbound_group_session(ended) is None
+    # Only the other room's message index is left.
+    assert await db.fetchval("SELECT COUNT(*) FROM crypto_message_index") == 1
+    (kept,) = sessions[other]
+    assert await store.get_group_session(other, kept) is not None
+    assert await store.get_outbound_group_session(other) is not None
+    assert await CryptoRoomRepo(db).forget_room_keys(BOT, ended) == 0  # again: nothing left

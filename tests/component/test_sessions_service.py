@@ -143,6 +143,7 @@ class World:
     metrics: Metrics
     service: SessionService
     transcripts: Transcripts
+    forgotten_keys: list[str]  # rooms whose Megolm sessions the crypto was told to discard
 
     @property
     def repo(self) -> SessionRepo:
@@ -223,6 +224,11 @@ async def build(db: Database, tmp_path: Path) -> AsyncIterator[Build]:
             config, gateway, outbox, ConversationRepo(db), audit, clock
         )
         timers = RecordingTimers()
+        forgotten_keys: list[str] = []
+
+        async def forget_keys(room_id: str) -> None:
+            forgotten_keys.append(room_id)
+
         service = SessionService(
             config,
             SessionRepo(db),
@@ -233,6 +239,7 @@ async def build(db: Database, tmp_path: Path) -> AsyncIterator[Build]:
             conversations,
             audit,
             metrics,
+            forget_keys=forget_keys,
         )
         return World(
             db,
@@ -246,6 +253,7 @@ async def build(db: Database, tmp_path: Path) -> AsyncIterator[Build]:
             metrics,
             service,
             Transcripts(service),
+            forgotten_keys,
         )
 
     yield make
@@ -569,6 +577,9 @@ async def test_end_purges_the_room_and_writes_a_receipt(world: World) -> None:
     assert sorted(gw.kicked) == sorted((room, u) for u in everyone)
     # Nobody forgets the room: that would hide the leave from an offline device's next sync.
     assert gw.forgotten == []
+    # The bot's crypto discards the room's Megolm sessions (issue 11): after the end not even
+    # Alcove could decrypt what a backup of the homeserver's database still holds.
+    assert world.forgotten_keys == [room]
     # The purge point is the bot's content-free topic; everything before it is purged.
     assert gw.state[(room, "m.room.topic", "")] == {"topic": ENDED_TOPIC}
     assert [r for r, _ in gw.purged_history] == [room]

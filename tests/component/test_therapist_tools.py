@@ -87,6 +87,7 @@ class World:
     blasts: BlastService
     away: AwayService
     phrases: PhraseRepo
+    encrypted: set[str]
 
     async def add(self, full_name: str, therapist: str = THERAPIST) -> tuple[Client, Room]:
         new = await self.conversations.add_client(therapist, full_name, None, f"$add-{full_name}")
@@ -116,11 +117,22 @@ async def build(harnesses: Harnesses, tmp_path: Path) -> Build:
         gateway: FailingGateway | None = None,
         clock: FakeClock | None = None,
     ) -> World:
+        encrypted: set[str] = set()  # rooms the (fake) crypto says are end-to-end encrypted
+
+        class Crypto:
+            async def is_encrypted(self, room_id: str) -> bool:
+                return room_id in encrypted
+
+            async def has_devices(self, user_id: str) -> bool:
+                return True
+
         config = config or make_config(tmp_path)
         gateway = gateway or FailingGateway(
             bot_user_id=config.bot_user_id, existing_users={THERAPIST}
         )
-        h = await harnesses.build(config, gateway, clock or FakeClock(SATURDAY_NOON))
+        h = await harnesses.build(
+            config, gateway, clock or FakeClock(SATURDAY_NOON), crypto=Crypto()
+        )
         return World(
             h.db,
             config,
@@ -132,6 +144,7 @@ async def build(harnesses: Harnesses, tmp_path: Path) -> Build:
             h.bot.blasts.service,
             h.bot.away,
             PhraseRepo(h.db),
+            encrypted,
         )
 
     return make
@@ -258,6 +271,24 @@ async def test_blast_sends_one_message_into_each_clients_own_room(world: World) 
         assert row is not None and row.status == SENT
     # Nobody else's name or ID appears in anyone's message.
     assert all(who.user_id not in repr(s.content) for s in sent for who in (a, c, e))
+
+
+async def test_blast_into_an_encrypted_room_comes_from_the_bot(world: World) -> None:
+    """Issue 11's trust model: in an end-to-end encrypted 1:1 the blast is the bot's, on the
+    therapist's behalf; in a plain one it is the therapist's (double puppet)."""
+    a, room_a = await world.add("Anna Bell")
+    c, room_c = await world.add("Carl Dunn")
+    world.encrypted.add(room_a.room_id)
+    before = len(await world.all_sent())
+
+    result = await world.blasts.send(THERAPIST, [a, c], BLAST, "$blast1")
+
+    assert ids(result.delivered) == ids([a, c])
+    sent = {s.room_id: s for s in (await world.all_sent())[before:]}
+    assert sent[room_a.room_id].sender == world.config.bot_user_id
+    assert sent[room_a.room_id].content["body"] == f"On behalf of Dr T: {BLAST['body']}"
+    assert sent[room_c.room_id].sender == THERAPIST
+    assert sent[room_c.room_id].content["body"] == BLAST["body"]
 
 
 async def test_blast_opens_a_missing_room(world: World) -> None:

@@ -18,6 +18,7 @@ import pytest
 from mautrix.util.async_db import Database
 
 from bots.bot import Bot
+from bots.features.voice import RoomCrypto
 from bridge.config import Config
 from bridge.db.inbox_repo import DONE, InboxRepo
 from bridge.db.outbox_repo import DeviceRepo, OutboxRepo
@@ -100,6 +101,7 @@ class Harnesses:
         metrics: Metrics | None = None,
         with_inbox: bool = False,
         start: bool = True,
+        crypto: RoomCrypto | None = None,
     ) -> BotHarness:
         """A bot wired as Alcove wires it; ``start=False`` leaves the outbox and inbox for
         ``BotHarness.start`` (to prepare the database first)."""
@@ -107,7 +109,7 @@ class Harnesses:
         timers = timers if timers is not None else RecordingTimers()
         metrics = metrics or Metrics()
         outbox = Outbox(OutboxRepo(self.db), DeviceRepo(self.db), gateway, clock, metrics)
-        bot = build_bot(config, self.db, gateway, outbox, clock, timers, metrics)
+        bot = build_bot(config, self.db, gateway, outbox, clock, timers, metrics, crypto=crypto)
         dispatcher = Dispatcher(config.bot_user_id, bot)
         inbox = Inbox(InboxRepo(self.db), dispatcher.handle, clock, metrics, config.inbox)
         harness = BotHarness(

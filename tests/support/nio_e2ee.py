@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from urllib.parse import quote
 
+import aiohttp
 from nio import (
     AsyncClient,
     AsyncClientConfig,
@@ -15,6 +17,7 @@ from nio import (
     MegolmEvent,
     RoomCreateResponse,
     RoomMessageNotice,
+    RoomMessagesResponse,
     RoomMessageText,
     RoomSendResponse,
     SyncResponse,
@@ -128,3 +131,62 @@ async def wait_for_pong(nio: E2EEUser, room_id: str, encrypted: bool = True) -> 
                 assert not undecrypted, undecrypted
                 return
     raise AssertionError(f"no decrypted pong within 30 s (undecryptable: {undecrypted})")
+
+
+async def management_room(nio: E2EEUser, timeout: float = 30) -> str:
+    """The management room Alcove created for this user at its start: the newest room with
+    the bot in their ``m.direct`` (earlier Alcoves on the same homeserver made others)."""
+    url = (
+        f"{nio.client.homeserver}/_matrix/client/v3/user/{quote(nio.client.user_id)}"
+        "/account_data/m.direct"
+    )
+    headers = {"Authorization": f"Bearer {nio.client.access_token}"}
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while True:
+            await nio.sync(timeout_ms=500)
+            async with http.get(url, headers=headers) as response:
+                direct = await response.json() if response.status == 200 else {}
+            rooms = direct.get(BOT, [])
+            if rooms and rooms[-1] in nio.client.rooms:
+                return str(rooms[-1])
+            assert time.monotonic() < deadline, f"no management room: {direct}"
+
+
+async def wait_for_text(
+    nio: E2EEUser, room_id: str, contains: str
+) -> RoomMessageText | RoomMessageNotice:
+    """Until this device sees (decrypted) a message of the bot's containing ``contains``."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        response = await nio.sync(timeout_ms=2000)
+        room = response.rooms.join.get(room_id)
+        for event in room.timeline.events if room else []:
+            if (
+                isinstance(event, RoomMessageText | RoomMessageNotice)
+                and event.sender == BOT
+                and contains in event.body
+            ):
+                assert event.decrypted
+                return event
+    raise AssertionError(f"no decrypted message with {contains!r} within 60 s")
+
+
+async def first_from_bot(nio: E2EEUser, room_id: str) -> RoomMessageText:
+    """The bot's first message in the room, decrypted by this device (its room key must have
+    been sent to this device: clients take a forwarded key only from their own devices)."""
+    deadline = time.monotonic() + 60
+    undecryptable: list[MegolmEvent] = []
+    while time.monotonic() < deadline:
+        await nio.sync(timeout_ms=1000)
+        history = await nio.client.room_messages(room_id, limit=100)
+        assert isinstance(history, RoomMessagesResponse), history
+        from_bot = [
+            e
+            for e in reversed(history.chunk)
+            if e.sender == BOT and isinstance(e, MegolmEvent | RoomMessageText)
+        ]
+        undecryptable = [e for e in from_bot if isinstance(e, MegolmEvent)]
+        if from_bot and isinstance(from_bot[0], RoomMessageText):
+            return from_bot[0]
+    raise AssertionError(f"no readable message of the bot's within 60 s ({undecryptable})")

@@ -435,3 +435,40 @@ def test_load_config_on_an_empty_file_names_the_first_missing_key(tmp_path: Path
     with pytest.raises(ConfigError) as info:
         load_config(path, environ={})
     assert info.value.path == "homeserver"
+
+
+def test_encrypted_room_kinds_default_to_all_but_session_and_only_once_enabled(
+    tmp_path: Path,
+) -> None:
+    off = parse(valid_config(), tmp_path).encryption
+    assert not off.enabled
+    assert not any(off.encrypts(kind) for kind in ("management", "dm", "group", "staff"))
+    on = parse({**valid_config(), "encryption": {"enabled": True}}, tmp_path).encryption
+    assert [k for k in ("management", "dm", "group", "staff", "session") if on.encrypts(k)] == [
+        "management",
+        "dm",
+        "group",
+        "staff",
+    ]
+    chosen = parse(
+        {**valid_config(), "encryption": {"enabled": True, "rooms": {"group": False}}}, tmp_path
+    ).encryption
+    assert chosen.encrypts("dm") and not chosen.encrypts("group")
+
+
+def test_encrypted_room_kinds_are_validated(tmp_path: Path) -> None:
+    def rooms(value: Any) -> ConfigError:
+        return error_of({**valid_config(), "encryption": {"rooms": value}}, tmp_path)
+
+    assert "encryption.rooms: must be a mapping" in str(rooms(["dm"]))
+    assert "encryption.rooms.dm: must be true or false" in str(rooms({"dm": "sometimes"}))
+    refused = str(rooms({"session": True}))
+    assert "encryption.rooms.session" in refused and "not supported yet" in refused
+
+
+def test_an_unknown_room_kind_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="alcove.config"):
+        parse({**valid_config(), "encryption": {"rooms": {"one_to_one": True}}}, tmp_path)
+    assert "encryption.rooms.one_to_one" in caplog.text

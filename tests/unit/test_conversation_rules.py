@@ -4,6 +4,7 @@ creation bodies and templates. Pure functions, no I/O."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -267,3 +268,21 @@ def test_render_of_the_gigabyte_phrase_fails_fast_and_small() -> None:
     with pytest.raises(TemplateError, match="format spec") as info:
         render("{therapist_name:>999999999}", {"therapist_name": "Dr T"})
     assert len(str(info.value)) < 200
+
+
+def test_room_bodies_are_encrypted_from_the_start_when_asked() -> None:
+    """encryption.rooms: m.room.encryption (Megolm) in the initial state, so not one message
+    of the room is ever sent in the clear; without it, no encryption state at all."""
+    megolm = {"algorithm": "m.megolm.v1.aes-sha2"}
+    bodies: dict[str, Callable[[bool], dict[str, Any]]] = {
+        "dm": lambda e: dm_body(THERAPIST, CLIENT, "Jane Doe", encrypted=e),
+        "group": lambda e: group_body(THERAPIST, [CLIENT], "Group", encrypted=e),
+        "management": lambda e: rules.management_body(THERAPIST, encrypted=e),
+        "staff": lambda e: rules.staff_room_body("Team", {THERAPIST: 90}, "Staff.", encrypted=e),
+    }
+    for kind, body in bodies.items():
+        assert initial_state(body(True), "m.room.encryption") == megolm, kind
+        plain = body(False)
+        assert all(s["type"] != "m.room.encryption" for s in plain["initial_state"]), kind
+        # Only the bot may change it (it can never be turned off, only rotated).
+        assert plain["power_level_content_override"]["events"]["m.room.encryption"] == 100

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.config import load_config
+from bridge.config import EncryptionConfig, load_config
 from bridge.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.yaml"
@@ -33,3 +33,11 @@ def test_filled_in_example_is_valid_and_fully_known(
     assert config.homeserver.domain == "clinic.test"
     assert [m.role for m in config.staff] == ["therapist", "care"]
     assert config.database.url == f"sqlite:{tmp_path / 'alcove.db'}"
+
+
+def test_example_encrypted_room_kinds_are_the_defaults(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text().replace("CHANGE_ME", "real").replace("example.org", "clinic.test")
+    (tmp_path / "config.yaml").write_text(text.replace("enabled: false", "enabled: true", 1))
+    config = load_config(tmp_path / "config.yaml", environ={}, need_tokens=False)
+    assert config.encryption.rooms == EncryptionConfig().rooms
+    assert config.encryption.encrypts("management") and not config.encryption.encrypts("session")

@@ -88,7 +88,7 @@ class AwayService:
         # Who speaks is asked of the homeserver first: the throttle claim and the notice are
         # then committed together, so a failure or a crash in between cannot leave the window
         # claimed with no notice sent (the replayed event would find it claimed).
-        speaker = await self.voice.speaker(room.therapist_id)
+        speaker = await self.voice.speaker(room.therapist_id, room.room_id)
         body = self.voice.content(
             room.therapist_id, speaker, {"msgtype": "m.notice", "body": text}, automated=True
         )

@@ -74,7 +74,6 @@ class BlastService:
         self, therapist: str, clients: list[Client], content: dict[str, Any], origin: str
     ) -> BlastResult:
         speaker = await self.voice.speaker(therapist)
-        body = self.voice.content(therapist, speaker, content, automated=True)
         result = BlastResult()
         known = {
             room.client_id: room.room_id
@@ -96,11 +95,19 @@ class BlastService:
             rooms.append((client, room.room_id))
         # Every delivery is written down in one transaction (one commit, not one per client),
         # then handed to the outbox workers, with a waiter per delivery registered first.
+        # Who speaks in each room (the bot in an encrypted one: see TherapistVoice), asked
+        # before the transaction since it may ask the homeserver.
+        voices = {room_id: await self.voice.in_room(speaker, room_id) for _, room_id in rooms}
+        bodies = {
+            voice: self.voice.content(therapist, voice, content, automated=True)
+            for voice in set(voices.values())
+        }
         rows = []
         async with transaction(self.outbox.repo.db):
             for client, room_id in rooms:
+                voice = voices[room_id]
                 row, new = await self.outbox.prepare(
-                    f"blast:{origin}:{client.user_id}", speaker, room_id, body
+                    f"blast:{origin}:{client.user_id}", voice, room_id, bodies[voice]
                 )
                 rows.append((client, row, new))
         waits: list[tuple[Client, Awaitable[OutboxRow]]] = []

@@ -99,7 +99,9 @@ class ManagementRooms:
         if await self.gateway.user_exists(staff) is False:
             log.warning("Staff member %s has no account on the homeserver yet", staff)
             return None
-        room_id = await self.gateway.create_room(rules.management_body(staff))
+        room_id = await self.gateway.create_room(
+            rules.management_body(staff, encrypted=self.config.encryption.encrypts("management"))
+        )
         await self.repo.set_management_room(staff, room_id, owned=True)
         await self.audit.record(self.bot, "room.created", staff, room_id, kind="management")
         log.info("Created the management room %s for %s", room_id, staff)

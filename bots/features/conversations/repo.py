@@ -141,6 +141,12 @@ class ConversationRepo:
         )
         return _room(row) if row else None
 
+    async def welcome_sent(self, room_id: str) -> bool:
+        """Whether the room's welcome was handed to the outbox (its row, keyed
+        ``welcome:<room>``, is kept for good)."""
+        key = f"welcome:{room_id}"
+        return await self.db.fetchval("SELECT 1 FROM outbox WHERE key = $1", key) is not None
+
     async def rooms_of(self, therapist_id: str | None, kind: str) -> list[Room]:
         if therapist_id is None:
             rows = await self.db.fetch(

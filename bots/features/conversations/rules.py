@@ -16,6 +16,7 @@ THERAPIST_LEVEL = 90
 STAFF_LEVEL = 50
 BOT_ONLY = 100  # nobody but the creator (the bot, infinite power in room v12) reaches this
 ROOM_VERSION = "12"
+MEGOLM = "m.megolm.v1.aes-sha2"
 
 THERAPIST_ONLY_EVENTS = (
     "m.room.name",
@@ -87,6 +88,7 @@ def create_body(
     history: str,
     is_direct: bool,
     topic: str | None = None,
+    encrypted: bool = False,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "room_version": ROOM_VERSION,
@@ -112,13 +114,19 @@ def create_body(
     }
     if topic:
         body["topic"] = topic
+    if encrypted:  # end-to-end encrypted from its first message (encryption.rooms)
+        body["initial_state"].append(
+            {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": MEGOLM}}
+        )
     return body
 
 
 _create_body = create_body  # the name this module's room kinds use
 
 
-def dm_body(therapist: str, client: str, client_full_name: str) -> dict[str, Any]:
+def dm_body(
+    therapist: str, client: str, client_full_name: str, *, encrypted: bool = False
+) -> dict[str, Any]:
     """1:1 room: title = the client's name (only therapist and client are in it)."""
     return _create_body(
         name=client_full_name,
@@ -126,10 +134,13 @@ def dm_body(therapist: str, client: str, client_full_name: str) -> dict[str, Any
         staff={therapist: THERAPIST_LEVEL},
         history="shared",
         is_direct=True,
+        encrypted=encrypted,
     )
 
 
-def group_body(therapist: str, clients: list[str], title: str) -> dict[str, Any]:
+def group_body(
+    therapist: str, clients: list[str], title: str, *, encrypted: bool = False
+) -> dict[str, Any]:
     """Community room: new members do not see earlier messages (history 'joined')."""
     return _create_body(
         name=title,
@@ -137,15 +148,17 @@ def group_body(therapist: str, clients: list[str], title: str) -> dict[str, Any]
         staff={therapist: THERAPIST_LEVEL},
         history="joined",
         is_direct=False,
+        encrypted=encrypted,
     )
 
 
 MANAGEMENT_ROOM_NAME = "Alcove"
 
 
-def management_body(staff: str) -> dict[str, Any]:
-    """A staff member's management room: a DM with the bot, unencrypted (Alcove cannot decrypt
-    yet), the staff member below the invite level so nobody else can be let in."""
+def management_body(staff: str, *, encrypted: bool = False) -> dict[str, Any]:
+    """A staff member's management room: a DM with the bot (encrypted per
+    ``encryption.rooms``), the staff member below the invite level so nobody else can be let
+    in."""
     return _create_body(
         name=MANAGEMENT_ROOM_NAME,
         invite=[staff],
@@ -154,12 +167,21 @@ def management_body(staff: str) -> dict[str, Any]:
         is_direct=True,
         topic="Your private room with Alcove: commands, client names, initial passwords and "
         "transcripts come only here.",
+        encrypted=encrypted,
     )
 
 
-def staff_room_body(name: str, staff: dict[str, int], topic: str) -> dict[str, Any]:
+def staff_room_body(
+    name: str, staff: dict[str, int], topic: str, *, encrypted: bool = False
+) -> dict[str, Any]:
     return _create_body(
-        name=name, invite=sorted(staff), staff=staff, history="shared", is_direct=False, topic=topic
+        name=name,
+        invite=sorted(staff),
+        staff=staff,
+        history="shared",
+        is_direct=False,
+        topic=topic,
+        encrypted=encrypted,
     )
 
 

@@ -158,7 +158,12 @@ class ConversationService:
         room = await self.repo.dm_of(therapist, client.user_id)
         if room is None:
             room_id = await self.gateway.create_room(
-                rules.dm_body(therapist, client.user_id, client.full_name)
+                rules.dm_body(
+                    therapist,
+                    client.user_id,
+                    client.full_name,
+                    encrypted=self.config.encryption.encrypts("dm"),
+                )
             )
             room = Room(room_id, DM, therapist, client.user_id, client.full_name)
             await self.repo.add_room(room, ms(self.clock), origin_event)
@@ -168,8 +173,28 @@ class ConversationService:
         speaker = await self.join_as_staff(therapist, room.room_id)
         if speaker == therapist:
             await self._mark_direct(therapist, client.user_id, room.room_id)
-        await self._welcome(room, therapist, client, speaker)
+        # The welcome comes from the bot where the room is encrypted (TherapistVoice).
+        if await self.voice.can_read(client.user_id, room.room_id):
+            author = await self.voice.in_room(speaker, room.room_id)
+            await self._welcome(room, therapist, client, author)
+        else:  # encrypted, and no device of the client's to give the key to: not yet
+            log.info("The welcome in %s waits for the client's first device", room.room_id)
         return room
+
+    async def send_waiting_welcomes(self, users: list[str]) -> None:
+        """Users whose devices changed (bridge/crypto): a client whose encrypted 1:1 has had no
+        welcome yet (it waited for their first device) gets it now. Once: the outbox keeps the
+        welcome's row (and its key) for good."""
+        for user in users:
+            client = await self.repo.client(user)
+            if client is None:
+                continue
+            room = await self.repo.dm_of(client.therapist_id, user)
+            if room is None or await self.repo.welcome_sent(room.room_id):
+                continue
+            if await self.voice.can_read(user, room.room_id):
+                speaker = await self.voice.speaker(client.therapist_id, room.room_id)
+                await self._welcome(room, client.therapist_id, client, speaker)
 
     async def join_as_staff(self, staff: str, room_id: str) -> str:
         """Accept the invite for a staff member when Alcove may speak for them (see
@@ -213,7 +238,12 @@ class ConversationService:
         room = await self.repo.room_by_origin(origin_event)
         if room is None:
             room_id = await self.gateway.create_room(
-                rules.group_body(therapist, [c.user_id for c in clients], title)
+                rules.group_body(
+                    therapist,
+                    [c.user_id for c in clients],
+                    title,
+                    encrypted=self.config.encryption.encrypts("group"),
+                )
             )
             room = Room(room_id, GROUP, therapist, None, title)
             await self.repo.add_room(room, ms(self.clock), origin_event)
@@ -377,7 +407,11 @@ class ConversationService:
         if existing:
             room = existing[0]
         else:
-            room_id = await self.gateway.create_room(rules.staff_room_body(name, levels, topic))
+            room_id = await self.gateway.create_room(
+                rules.staff_room_body(
+                    name, levels, topic, encrypted=self.config.encryption.encrypts("staff")
+                )
+            )
             room = Room(room_id, kind, therapist, None, name)
             await self.repo.add_room(room, ms(self.clock))
             await self.audit.record(self.bot, "room.created", therapist, room_id, kind=kind)

@@ -186,7 +186,7 @@ class PhraseCommands:
                 "next_session": next_session,
             },
         )
-        speaker = await self.voice.speaker(ctx.sender)
+        speaker = await self.voice.speaker(ctx.sender, ctx.room_id)
         content = self.voice.content(ctx.sender, speaker, {"msgtype": "m.text", "body": expanded})
         await self.outbox.send(f"phrase:{ctx.event_id}", speaker, ctx.room_id, content)
         await self.gateway.redact(ctx.room_id, ctx.event_id, "phrase sent")

@@ -156,7 +156,7 @@ class ScheduleService:
             ):
                 others.append(row.id)
                 continue
-            speaker = await self.voice.speaker(row.therapist_id)
+            speaker = await self.voice.speaker(row.therapist_id, row.room_id)
             plain.append((row, speaker, self._content(row, speaker, late)))
         if plain:
             async with transaction(self.db):
@@ -211,7 +211,7 @@ class ScheduleService:
         if late and self.config.schedule.late_policy == "skip":
             await self._skip(row, next_due)
             return
-        speaker = await self.voice.speaker(row.therapist_id)
+        speaker = await self.voice.speaker(row.therapist_id, row.room_id)
         content = self._content(row, speaker, late)
         async with transaction(self.db):
             if not await self.repo.claim(row.id, row.due_at, next_due, DONE):

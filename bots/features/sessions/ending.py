@@ -49,6 +49,8 @@ ENDED_MARKER = "org.alcove.session_ended"
 _LOCKED = {**rules.power_levels({}), "events_default": rules.BOT_ONLY, "events": {}}
 
 Scrub = Callable[[], Awaitable[None]]
+ForgetKeys = Callable[[str], Awaitable[None]]
+"""Discard a room's Megolm sessions from the crypto store (bridge/crypto ``forget_room``)."""
 
 
 class PurgeFailed(Exception):
@@ -69,6 +71,7 @@ class SessionEnding:
     metrics: Metrics | None
     room_ids: set[str]
     scrub: Scrub | None
+    forget_keys: ForgetKeys | None
 
     @property
     def cfg(self) -> Any:
@@ -201,6 +204,8 @@ class SessionEnding:
             await self._remove(room_id, user, session.id)
         if session.left_at is None:
             await self.repo.update(session.id, left_at=ms(self.clock))
+        if self.forget_keys is not None:  # nobody is left to send or read: the keys go too
+            await self.forget_keys(room_id)
         await self._scrub()
         # The room (state only now) goes later, from its own timer: see _remove_room.
         self.timers.arm(

@@ -23,7 +23,7 @@ from ..conversations import rules
 from ..conversations.repo import Client
 from ..conversations.service import ConversationService
 from ..schedule.timeparse import local_text
-from .ending import CANCELLED_REASON, Scrub, SessionEnding
+from .ending import CANCELLED_REASON, ForgetKeys, Scrub, SessionEnding
 from .repo import CANCELLED, ENDED, ENDING, OPEN, PREPARED, SCHEDULED, Session, SessionRepo
 
 log = logging.getLogger("alcove.sessions")
@@ -44,6 +44,7 @@ class SessionService(SessionEnding):
         audit: AuditLog,
         metrics: Metrics | None = None,
         scrub: Scrub | None = None,
+        forget_keys: ForgetKeys | None = None,
     ) -> None:
         self.config = config
         self.repo = repo
@@ -55,6 +56,7 @@ class SessionService(SessionEnding):
         self.audit = audit
         self.metrics = metrics
         self.scrub = scrub
+        self.forget_keys = forget_keys
         self.room_ids: set[str] = set()  # rooms of live sessions (media are recorded there)
         self._locks: dict[int, asyncio.Lock] = {}
 
@@ -203,6 +205,7 @@ class SessionService(SessionEnding):
                 f"Text-only session until {self.local(session.end_at)}. Messages and files here "
                 "are deleted when it ends; nothing is kept."
             ),
+            encrypted=self.config.encryption.encrypts("session"),
         )
         room_id = await self.gateway.create_room(body)
         self.room_ids.add(room_id)
