@@ -81,7 +81,7 @@ async def alcove(
     )
     await process.start()
     yield process
-    process.terminate()
+    await process.stop()
 
 
 @pytest.fixture

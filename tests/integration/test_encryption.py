@@ -70,7 +70,7 @@ async def crypto_alcove(
     process = alcove_on(crypto_synapse, db_url, tmp_path / "alcove.log")
     await process.start()
     yield process
-    process.terminate()
+    await process.stop()
 
 
 def alcove_on(stack: DevStack, db_url: str, log: Path) -> AlcoveProcess:
@@ -193,15 +193,15 @@ async def test_a_restart_keeps_the_crypto_store_and_a_lost_one_is_refused(
     room_id = await encrypted_dm(nio)
     await ping(nio, room_id)
 
-    crypto_alcove.terminate()
+    await crypto_alcove.stop()
     await crypto_alcove.start()  # same database: same Olm account, same Megolm sessions
     await ping(nio, room_id)
 
-    crypto_alcove.terminate()
+    await crypto_alcove.stop()
     fresh = alcove_on(crypto_synapse, f"sqlite:{tmp_path / 'fresh.db'}", tmp_path / "fresh.log")
     with pytest.raises(RuntimeError) as refused:
         await fresh.start()
-    fresh.terminate()
+    await fresh.stop()
     assert "Alcove's crypto store has none" in str(refused.value)
     assert "/_synapse/admin/v2/users/@alcove:localhost/devices/ALCOVE" in str(refused.value)
 

@@ -108,7 +108,7 @@ async def test_the_management_room_is_owned_and_reused_after_a_restart(
     assert row is not None and row["room_id"] == mgmt and row["owned"]
 
     # Reused across a restart: no second room, no second welcome.
-    alcove.terminate()
+    await alcove.stop()
     await alcove.start()
     assert await management_room(therapist) == mgmt
     welcomes = [b for b in [e["content"]["body"] for e in await therapist.room_messages(mgmt)]]
@@ -119,7 +119,7 @@ async def test_the_management_room_is_owned_and_reused_after_a_restart(
     # Left by the staff member: a new one at the next start.
     status, _ = await therapist.raw("POST", f"/_matrix/client/v3/rooms/{quote(mgmt)}/leave", {})
     assert status == 200
-    alcove.terminate()
+    await alcove.stop()
     await alcove.start()
     renewed = await management_room(therapist)
     assert renewed != mgmt

@@ -186,7 +186,7 @@ async def test_crash_after_send_before_ack_sends_exactly_once(
 
 
 async def test_sigterm_shuts_down_cleanly(alcove: AlcoveProcess) -> None:
-    assert alcove.terminate() == 0
+    assert await alcove.stop() == 0
 
 
 def run_cli(

@@ -483,7 +483,7 @@ async def test_catch_up_after_a_restart_does_not_run_session_commands_again(
     await therapist.wait_for(from_bot(room, "Extended"), timeout=20)
     await asyncio.sleep(1.0)  # the handled marks are written (group commit)
 
-    alcove.terminate()
+    await alcove.stop()
     await alcove.start()  # catch-up at start-up re-offers the last minute of every room
     await asyncio.sleep(3.0)
 

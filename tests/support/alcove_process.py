@@ -77,7 +77,24 @@ class AlcoveProcess:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
+    async def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM, then wait for the exit without blocking the event loop: the test's
+        FaultProxy runs on that loop, and a blocking wait would stall Alcove's last requests
+        (and so its graceful stop) until the wait timed out."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while (code := self.proc.poll()) is None:
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                self.proc.wait()
+                raise subprocess.TimeoutExpired(self.proc.args, timeout)
+            await asyncio.sleep(0.05)
+        return code
+
     def terminate(self, timeout: float = 20.0) -> int:
+        """SIGTERM and a blocking wait (benches; tests use ``stop``)."""
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
         self.proc.send_signal(signal.SIGTERM)
