@@ -121,14 +121,11 @@ def create_body(
     return body
 
 
-_create_body = create_body  # the name this module's room kinds use
-
-
 def dm_body(
     therapist: str, client: str, client_full_name: str, *, encrypted: bool = False
 ) -> dict[str, Any]:
     """1:1 room: title = the client's name (only therapist and client are in it)."""
-    return _create_body(
+    return create_body(
         name=client_full_name,
         invite=[therapist, client],
         staff={therapist: THERAPIST_LEVEL},
@@ -142,7 +139,7 @@ def group_body(
     therapist: str, clients: list[str], title: str, *, encrypted: bool = False
 ) -> dict[str, Any]:
     """Community room: new members do not see earlier messages (history 'joined')."""
-    return _create_body(
+    return create_body(
         name=title,
         invite=[therapist, *clients],
         staff={therapist: THERAPIST_LEVEL},
@@ -159,7 +156,7 @@ def management_body(staff: str, *, encrypted: bool = False) -> dict[str, Any]:
     """A staff member's management room: a DM with the bot (encrypted per
     ``encryption.rooms``), the staff member below the invite level so nobody else can be let
     in."""
-    return _create_body(
+    return create_body(
         name=MANAGEMENT_ROOM_NAME,
         invite=[staff],
         staff={staff: STAFF_LEVEL},
@@ -174,7 +171,7 @@ def management_body(staff: str, *, encrypted: bool = False) -> dict[str, Any]:
 def staff_room_body(
     name: str, staff: dict[str, int], topic: str, *, encrypted: bool = False
 ) -> dict[str, Any]:
-    return _create_body(
+    return create_body(
         name=name,
         invite=sorted(staff),
         staff=staff,
