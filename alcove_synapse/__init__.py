@@ -28,6 +28,7 @@ from typing import Any
 from synapse.api.errors import Codes
 from synapse.module_api import NOT_SPAM, ModuleApi
 from synapse.module_api.errors import ConfigError
+from synapse.spam_checker_api import RegistrationBehaviour
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
@@ -63,6 +64,7 @@ class AlcoveRules:
             user_may_invite=self.user_may_invite,
             user_may_send_3pid_invite=self.user_may_send_3pid_invite,
             user_may_join_room=self.user_may_join_room,
+            check_registration_for_spam=self.check_registration_for_spam,
         )
         api.register_third_party_rules_callbacks(
             check_event_allowed=self.check_event_allowed,
@@ -96,6 +98,20 @@ class AlcoveRules:
         return create is not None and create.sender == self.config.bot_user_id
 
     # ------------------------------------------------------------------ spam-checker callbacks
+
+    async def check_registration_for_spam(
+        self,
+        email_threepid: dict[str, Any] | None,
+        username: str | None,
+        request_info: Any,
+        auth_provider_id: str | None = None,
+    ) -> Any:
+        """Alcove's client namespace is not exclusive (so that the homeserver computes push and
+        email notifications for managed clients): nobody but Alcove may register in it. Alcove
+        registers clients as the appservice, which Synapse does not pass through this check."""
+        if username and username.lower().startswith(self.config.client_prefix):
+            return RegistrationBehaviour.DENY
+        return RegistrationBehaviour.ALLOW
 
     async def user_may_create_room(self, user_id: str, room_config: dict[str, Any]) -> Any:
         return Codes.FORBIDDEN if self.is_managed(user_id) else NOT_SPAM

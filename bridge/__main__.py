@@ -47,6 +47,17 @@ def _parser() -> argparse.ArgumentParser:
         help="the bot as a crypto-capable member (encryption.enabled; issue 11, incomplete)",
     )
     dev.add_argument(
+        "--smtp",
+        metavar="HOST:PORT",
+        help="where Synapse sends clients' email notifications (default 127.0.0.1 and the port "
+        "in STATE_DIR/dev-secrets.json; e.g. `python -m aiosmtpd -n -l 127.0.0.1:PORT` shows them)",
+    )
+    dev.add_argument(
+        "--mail-delay",
+        default="10m",
+        help="email.notif_delay_before_mail: how long a message waits unread before the mail",
+    )
+    dev.add_argument(
         "--workers",
         action="store_true",
         help="Synapse split into workers (PostgreSQL, Redis, nginx; see README)",
@@ -122,7 +133,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         else:
             from .devstack import run_dev
 
-            asyncio.run(run_dev(state_dir, encryption=args.encryption))
+            smtp = None
+            if args.smtp:
+                host, _, port = args.smtp.rpartition(":")
+                if not host or not port.isdigit():
+                    _parser().error("--smtp: HOST:PORT, e.g. 127.0.0.1:2525")
+                smtp = (host, int(port))
+            asyncio.run(
+                run_dev(
+                    state_dir, encryption=args.encryption, smtp=smtp, mail_delay=args.mail_delay
+                )
+            )
         return 0
     raise AssertionError(args.command)
 

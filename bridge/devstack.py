@@ -29,6 +29,7 @@ from urllib.parse import quote
 import aiohttp
 from ruamel.yaml import YAML
 
+from . import notify_email
 from .config import Config, load_config
 from .errors import StartupError
 from .registration import dump_yaml, outdated, write_registrations
@@ -102,6 +103,12 @@ class DevStack:
     """Load Alcove's Synapse module (alcove_synapse), as the README advises for production."""
     encryption: bool = False
     """Alcove with ``encryption.enabled`` (and a registration asking for the extensions)."""
+    smtp: tuple[str, int] | None = None
+    """Where Synapse sends mail (clients' email notifications, password resets); by default
+    127.0.0.1 and a port kept in dev-secrets.json (``smtp_port``), where nothing listens
+    unless you start a mail sink there (README)."""
+    mail_delay: str = "10m"
+    """``email.notif_delay_before_mail``: how long a message waits unread before the mail."""
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -141,6 +148,7 @@ class DevStack:
             self.secrets_path.write_text(json.dumps(dev, indent=2))
             self.secrets_path.chmod(0o600)
         dev = self.dev_secrets
+        dev.setdefault("smtp_port", free_port())  # state dirs from before issue 12 lack it
         for user in self.users:
             dev["passwords"].setdefault(user.localpart, secrets.token_urlsafe(12))
         self.secrets_path.write_text(json.dumps(dev, indent=2))
@@ -179,6 +187,14 @@ class DevStack:
     def dev_secrets(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(self.secrets_path.read_text())
         return data
+
+    @property
+    def smtp_host(self) -> str:
+        return self.smtp[0] if self.smtp else "127.0.0.1"
+
+    @property
+    def smtp_port(self) -> int:
+        return self.smtp[1] if self.smtp else int(self.dev_secrets["smtp_port"])
 
     @property
     def homeserver_url(self) -> str:
@@ -280,12 +296,24 @@ class DevStack:
             # masquerading (`?device_id=` for an appservice) is stable in Synapse >= 1.141;
             # msc3202_device_masquerading is for older ones.
             "experimental_features": {
+                # `!restore`: a server admin (the bot) reads a redacted event's content while
+                # the homeserver keeps it (redaction_retention_period).
+                "msc2815_enabled": True,
                 "msc2409_to_device_messages_enabled": True,
                 "msc3202_transaction_extensions": True,
                 "msc3202_device_masquerading": True,
             },
             **_synapse_rate_limits(),
+            # Clients' email notifications with Alcove's templates (README, issue 12).
+            **notify_email.homeserver_settings(
+                smtp_host=self.smtp_host,
+                smtp_port=self.smtp_port,
+                notif_from="Demo Practice <noreply@localhost>",
+                delay=self.mail_delay,
+                app_name="Demo Practice",
+            ),
         }
+        hs["email"]["enable_tls"] = False  # a local mail sink speaks plain SMTP
         if self.rules_module:
             hs["modules"] = [rules_module_config(config)]
         hs.update(self._synapse_overrides(dev))
@@ -487,10 +515,15 @@ def element_instructions(stack: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-async def run_dev(state_dir: Path, encryption: bool = False) -> None:
+async def run_dev(
+    state_dir: Path,
+    encryption: bool = False,
+    smtp: tuple[str, int] | None = None,
+    mail_delay: str = "10m",
+) -> None:
     from .app import run_until_signalled
 
-    stack_dev = DevStack(state_dir, encryption=encryption)
+    stack_dev = DevStack(state_dir, encryption=encryption, smtp=smtp, mail_delay=mail_delay)
     config = stack_dev.prepare()
     print(f"Starting Synapse (state in {state_dir}) ...", flush=True)
     stack_dev.start()

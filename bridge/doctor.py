@@ -14,6 +14,7 @@ from .db.database import open_database, redact_url
 from .errors import AlcoveError
 from .matrix.mautrix_gateway import MautrixGateway
 from .metrics import Metrics
+from .notify_email import check_email_notifications
 from .registration import UPGRADE_ADVICE, outdated, read_doublepuppet_token
 from .startup import (
     Check,
@@ -146,6 +147,7 @@ def synapse_settings(config: Config) -> list[Check]:
         except (OSError, YAMLError):
             log_config = None
     checks = check_synapse_config(hs, log_config)
+    checks.append(check_email_notifications(hs, path.parent))
     if config.encryption.enabled:
         checks.append(check_encryption_extensions(hs))
     return checks

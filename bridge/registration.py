@@ -64,7 +64,11 @@ def main_registration(config: Config, as_token: str, hs_token: str) -> dict[str,
         "namespaces": {
             "users": [
                 {"regex": f"^@{re.escape(a.bot_localpart)}:{domain}$", "exclusive": True},
-                {"regex": f"^@{re.escape(a.client_prefix)}[a-z0-9]+:{domain}$", "exclusive": True},
+                # Not exclusive: Synapse computes no push actions for users in an exclusive
+                # namespace (bulk_push_rule_evaluator filters them out), so managed clients
+                # would get no push or email notifications and no unread counts. Nobody else
+                # registers in it: alcove_synapse refuses it; registration is closed anyway.
+                {"regex": client_regex(config), "exclusive": False},
             ],
             "aliases": [],
             "rooms": [],
@@ -73,6 +77,11 @@ def main_registration(config: Config, as_token: str, hs_token: str) -> dict[str,
     if config.encryption.enabled:
         registration.update(ENCRYPTION_KEYS)
     return registration
+
+
+def client_regex(config: Config) -> str:
+    domain = re.escape(config.homeserver.domain)
+    return f"^@{re.escape(config.appservice.client_prefix)}[a-z0-9]+:{domain}$"
 
 
 def doublepuppet_regex(domain: str) -> str:
@@ -156,6 +165,18 @@ def outdated(config: Config) -> list[str]:
             f"{config.appservice.registration} asks Synapse to push typing notifications, read "
             "receipts and presence of every user (receive_ephemeral), which Alcove does not use"
         )
+    main_namespaces = main.get("namespaces")
+    main_users = main_namespaces.get("users") if isinstance(main_namespaces, dict) else None
+    for entry in main_users if isinstance(main_users, list) else []:
+        if (
+            isinstance(entry, dict)
+            and entry.get("regex") == client_regex(config)
+            and entry.get("exclusive")
+        ):
+            problems.append(
+                f"{config.appservice.registration} claims the clients' namespace exclusively: "
+                "Synapse then sends managed clients no push or email notifications"
+            )
     domain = config.homeserver.domain
     dp = _read(config.appservice.doublepuppet_registration)
     namespaces = dp.get("namespaces")

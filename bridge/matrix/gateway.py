@@ -124,3 +124,15 @@ class MatrixGateway(Protocol):
 
     async def user_devices(self, user_id: str) -> list[dict[str, Any]]:
         """The user's devices (admin API): ``device_id``, ``last_seen_ts`` (ms or None)."""
+
+    async def set_email(self, user_id: str, email: str | None) -> None:
+        """The user's email 3PIDs become exactly ``email`` (none for None), admin API."""
+
+    async def set_email_pusher(self, user_id: str, email: str | None) -> None:
+        """As the user: an email pusher for ``email`` (``m.email``); any other email pusher of
+        theirs is removed (all of them for None)."""
+
+    async def unredacted_event(self, room_id: str, event_id: str) -> dict[str, Any]:
+        """The event as the bot (a server admin) sees it, with a redacted event's original
+        content while the homeserver still keeps it (MSC2815). PermanentError with errcode
+        ``FI.MAU.MSC2815_UNREDACTED_CONTENT_DELETED`` once it no longer does."""

@@ -449,6 +449,52 @@ class MautrixGateway:
         )
         return str(result.get("status", "unknown"))
 
+    async def set_email(self, user_id: str, email: str | None) -> None:
+        threepids = [] if email is None else [{"medium": "email", "address": email}]
+        await self.call(
+            self.bot_api,
+            Method.PUT,
+            f"/_synapse/admin/v2/users/{quote(user_id, safe='')}",
+            {"threepids": threepids},
+        )
+
+    async def set_email_pusher(self, user_id: str, email: str | None) -> None:
+        api = self.api_for(user_id)
+        current = await self.call(api, Method.GET, "/_matrix/client/v3/pushers")
+        for pusher in current.get("pushers", []):
+            if not isinstance(pusher, dict) or pusher.get("kind") != "email":
+                continue
+            if pusher.get("pushkey") != email:
+                await self.call(
+                    api,
+                    Method.POST,
+                    "/_matrix/client/v3/pushers/set",
+                    {"kind": None, "app_id": pusher.get("app_id"), "pushkey": pusher["pushkey"]},
+                )
+        if email is not None:
+            await self.call(
+                api,
+                Method.POST,
+                "/_matrix/client/v3/pushers/set",
+                {
+                    "kind": "email",
+                    "app_id": "m.email",
+                    "pushkey": email,
+                    "app_display_name": "Email notifications",
+                    "device_display_name": email,
+                    "lang": "en",
+                    "data": {},
+                },
+            )
+
+    async def unredacted_event(self, room_id: str, event_id: str) -> dict[str, Any]:
+        return await self.call(
+            self.bot_api,
+            Method.GET,
+            f"{self._room(room_id)}/event/{quote(event_id, safe='')}",
+            query={"fi.mau.msc2815.include_unredacted_content": "true"},
+        )
+
     async def user_devices(self, user_id: str) -> list[dict[str, Any]]:
         result = await self.call(
             self.bot_api, Method.GET, f"/_synapse/admin/v2/users/{quote(user_id, safe='')}/devices"

@@ -272,6 +272,25 @@ class RecordingGateway:
     async def redact(self, room_id: str, event_id: str, reason: str) -> None:
         self.redacted.append((room_id, event_id))
 
+    emails: dict[str, str | None] = field(default_factory=dict)
+    email_pushers: dict[str, str | None] = field(default_factory=dict)
+    unredacted: dict[str, dict[str, Any] | PermanentError] = field(default_factory=dict)
+    """What the MSC2815 event lookup answers per event id (an error to raise, or the event)."""
+
+    async def set_email(self, user_id: str, email: str | None) -> None:
+        self.emails[user_id] = email
+
+    async def set_email_pusher(self, user_id: str, email: str | None) -> None:
+        self.email_pushers[user_id] = email
+
+    async def unredacted_event(self, room_id: str, event_id: str) -> dict[str, Any]:
+        found = self.unredacted.get(event_id)
+        if found is None:
+            raise PermanentError("Event not found.", status=404, errcode="M_NOT_FOUND")
+        if isinstance(found, PermanentError):
+            raise found
+        return found
+
     def bodies(self, room_id: str | None = None) -> list[str]:
         return [
             str(s.content.get("body")) for s in self.sent if room_id is None or s.room_id == room_id

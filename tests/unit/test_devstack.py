@@ -66,4 +66,4 @@ def test_synapse_loads_alcoves_module_unless_told_not_to(
     assert root in synapse_env()["PYTHONPATH"].split(os.pathsep)
     without = DevStack(Path("without"), rules_module=False)
     without.prepare()
-    assert "alcove_synapse" not in without.hs_config_path.read_text()
+    assert "alcove_synapse.AlcoveRules" not in without.hs_config_path.read_text()

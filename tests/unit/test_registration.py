@@ -80,7 +80,9 @@ def test_main_registration_contents(config: Config) -> None:
     users = main["namespaces"]["users"]
     assert users, "the main registration must claim users"
     for entry in users:
-        assert entry["exclusive"] is True
+        # The bot's ID exclusively; the clients' not (else Synapse computes no notifications
+        # for them), guarded by alcove_synapse instead.
+        assert entry["exclusive"] is ("alcove" in entry["regex"])
         assert entry["regex"].startswith("^")
         assert entry["regex"].endswith("$")
 
@@ -176,6 +178,8 @@ def _write_old_style(config: Config) -> tuple[dict[str, Any], dict[str, Any]]:
     main, dp = read_yaml(written.registration), read_yaml(written.doublepuppet)
     main["receive_ephemeral"] = True
     main["de.sorunome.msc2409.push_ephemeral"] = True
+    for entry in main["namespaces"]["users"]:
+        entry["exclusive"] = True  # before issue 12: no notifications for clients
     dp["namespaces"]["users"][0]["regex"] = f"^@.*:{re.escape(DOMAIN)}$"
     yaml = YAML()
     with written.registration.open("w") as f:
@@ -197,22 +201,23 @@ def test_old_files_are_reported_with_what_to_do(
 ) -> None:
     _write_old_style(config)
     problems = outdated(config)
-    assert len(problems) == 2
+    assert len(problems) == 3
     assert "receive_ephemeral" in problems[0]
-    assert f"@a:evil.org:{DOMAIN}" in problems[1]
+    assert "no push or email notifications" in problems[1]
+    assert f"@a:evil.org:{DOMAIN}" in problems[2]
     check = registration_current(config)
     assert not check.ok and check.warning
     assert "--keep-tokens" in check.detail and "restart Synapse" in check.detail
     with caplog.at_level("WARNING", logger="alcove.startup"):
         assert warn_outdated_registration(config) == problems
-    assert [r.levelname for r in caplog.records] == ["WARNING", "WARNING"]
+    assert [r.levelname for r in caplog.records] == ["WARNING"] * 3
     assert UPGRADE_ADVICE in caplog.text
 
 
 def test_keep_tokens_rewrites_in_the_current_form(config: Config) -> None:
     old_main, old_dp = _write_old_style(config)
     written = write_registrations(config, keep_tokens=True)  # no --force needed
-    assert len(written.fixed) == 2
+    assert len(written.fixed) == 3
     assert outdated(config) == []
     main, dp = read_yaml(written.registration), read_yaml(written.doublepuppet)
     assert "receive_ephemeral" not in main

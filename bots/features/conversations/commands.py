@@ -11,18 +11,24 @@ from ...commands.context import CommandContext
 from ...commands.spec import CommandSpec
 from .management import link
 from .repo import DM, GROUP, Client, Room
-from .service import ClientLookupError, ConversationService
+from .service import ClientLookupError, ConversationService, normalise_email
 
 THERAPIST = ("therapist",)
 
 
 def _email(text: str) -> str:
-    if "@" not in text:
-        raise UsageError()
-    return text
+    try:
+        return normalise_email(text)
+    except ValueError:
+        raise UsageError(f"{text!r} is not an email address") from None
+
+
+def _email_or_off(text: str) -> str | None:
+    return None if text.lower() == "off" else _email(text)
 
 
 EMAIL = Kind("ADDR", _email)
+EMAIL_OR_OFF = Kind("ADDR|off", _email_or_off)
 
 
 class ConversationCommands:
@@ -38,7 +44,7 @@ class ConversationCommands:
             CommandSpec(
                 "client",
                 None,
-                "add a client (new account + 1:1 room), or list yours",
+                "add a client (account + 1:1 room), list yours, set their email notifications",
                 roles=THERAPIST,
                 subs=(
                     Sub(
@@ -50,6 +56,7 @@ class ConversationCommands:
                         ),
                     ),
                     Sub("list", self._client_list),
+                    Sub("email", self._client_email, (client, Arg("email", EMAIL_OR_OFF))),
                 ),
             ),
             CommandSpec(
@@ -132,6 +139,20 @@ class ConversationCommands:
             await ctx.reply(
                 f"Done: the new client's details are in your management room: {link(mgmt)}"
             )
+
+    async def _client_email(self, ctx: CommandContext) -> None:
+        client = await self._client_arg(ctx, ctx.values["client"])
+        email: str | None = ctx.values["email"]
+        await self.service.set_client_email(client, email, ctx.sender)
+        who = f"{client.initials} ({client.user_id})"
+        if email is None:
+            await ctx.reply_private(f"Email notifications for {who} are off.")
+            return
+        await ctx.reply_private(
+            f"Email notifications for {who} now go to {email}: when a message has waited "
+            "unread for a while, the homeserver mails them that there is a new message (no text, "
+            'no names). They can also set a password with it ("Forgot password" when signing in).'
+        )
 
     async def _client_list(self, ctx: CommandContext) -> None:
         clients = await self.service.clients_of(ctx.sender)

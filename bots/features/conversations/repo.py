@@ -95,6 +95,9 @@ class ConversationRepo:
         assert row is not None
         return _client(row)
 
+    async def set_email(self, user_id: str, email: str | None) -> None:
+        await self.db.execute("UPDATE client SET email = $1 WHERE user_id = $2", email, user_id)
+
     async def client(self, user_id: str) -> Client | None:
         row = await self.db.fetchrow(f"SELECT {_CLIENT} FROM client WHERE user_id = $1", user_id)
         return _client(row) if row else None

@@ -33,6 +33,35 @@ class NewClient:
     room: Room
 
 
+def normalise_email(text: str) -> str:
+    """An address as the homeserver keeps a 3PID (Synapse's ``canonicalise_email``: trimmed,
+    case-folded). ValueError for something that is not one address."""
+    address = text.strip()
+    local, at, domain = address.partition("@")
+    if (
+        not at
+        or not local
+        or "@" in domain
+        or "." not in domain
+        or domain.startswith(".")
+        or domain.endswith(".")
+        or any(ch.isspace() or ch in '<>,;:"()[]' for ch in address)
+    ):
+        raise ValueError(f"{text!r} is not an email address")
+    return f"{local.casefold()}@{domain.lower()}"
+
+
+def sign_in_help(user_id: str) -> str:
+    """How a client with an email address signs in on their own (the welcome says it)."""
+    localpart, _, domain = user_id[1:].partition(":")
+    return (
+        f"To sign in on another device: your username is {localpart} (homeserver {domain}). "
+        'To choose your own password, pick "Forgot password" on the sign-in screen and enter '
+        "your email address: the homeserver mails you a link. You will also get an email when a "
+        "new message waits for you here (it never contains the message)."
+    )
+
+
 class ClientLookupError(Exception):
     """A <client> argument that matches nobody, or several people. ``private``: the message
     lists clients, so it may be said only in the therapist's management room."""
@@ -114,8 +143,25 @@ class ConversationService:
         await self.gateway.set_password(client.user_id, password)
         if created:
             await self.audit.record(therapist, "client.created", client.user_id)
+        if client.email:
+            await self.set_client_email(client, client.email, therapist)
         room = await self.open_dm(therapist, client, origin_event)
         return NewClient(client, password, room)
+
+    async def set_client_email(self, client: Client, email: str | None, actor: str) -> Client:
+        """The client's email notifications: the address becomes their only email 3PID on the
+        homeserver (admin API), and an email pusher for it is added as them, so the homeserver
+        mails them (with Alcove's templates: no text, no names) when a message waits unread.
+        None removes both. Idempotent; the address is not written to the audit log."""
+        email = normalise_email(email) if email is not None else None
+        await self.gateway.set_email(client.user_id, email)
+        await self.gateway.set_email_pusher(client.user_id, email)
+        if email != client.email:
+            await self.repo.set_email(client.user_id, email)
+            await self.audit.record(
+                actor, "client.email_set" if email else "client.email_removed", client.user_id
+            )
+        return Client(client.user_id, client.therapist_id, client.full_name, client.initials, email)
 
     async def resolve_client(self, therapist: str, token: str) -> Client:
         """An opaque ID (full or localpart) or a unique prefix of the full name."""
@@ -227,6 +273,8 @@ class ConversationService:
                 "practice_name": self.config.practice.name,
             },
         )
+        if client.email:
+            text += "\n\n" + sign_in_help(client.user_id)
         content = self.voice.content(therapist, speaker, {"msgtype": "m.text", "body": text})
         await self.outbox.send(f"welcome:{room.room_id}", speaker, room.room_id, content)
 
