@@ -30,6 +30,7 @@ from .features.blasts.commands import BlastCommands
 from .features.conversations.governance import RoomGovernance
 from .features.conversations.management import ManagementRooms, link
 from .features.conversations.service import ConversationService
+from .features.read_receipts import hide_staff_read_receipts
 from .features.schedule.service import ScheduleService
 from .features.sessions.service import SessionService
 
@@ -105,12 +106,14 @@ class Bot:
 
     async def start(self) -> None:
         """Start-up work: scheduled messages are re-armed; every staff member has their
-        management room; staff rooms follow the config; secrets still readable are checked."""
+        management room; staff rooms follow the config; secrets still readable are checked;
+        staff send private read receipts (read_receipts.py)."""
         self.timers.start()
         await self.schedule.start()
         await self.management.ensure_all()
         await self.management.start()
         await self.conversations.reconcile_staff_rooms()
+        await hide_staff_read_receipts(self.config, self.gateway)
 
     async def on_event(self, event: dict[str, Any]) -> None:
         await self.sessions.on_event(event)

@@ -28,6 +28,8 @@ from bots.features.conversations.repo import ConversationRepo
 from bots.features.conversations.service import ConversationService
 from bots.features.core.commands import COMMANDS as CORE_COMMANDS
 from bots.features.phrases.commands import PhraseCommands, PhraseRepo
+from bots.features.restore.commands import RestoreCommands
+from bots.features.restore.service import RestoreService
 from bots.features.schedule.commands import ScheduleCommands
 from bots.features.schedule.service import ScheduleService
 from bots.features.sessions.commands import SessionCommands
@@ -56,6 +58,10 @@ from .timers import Timers
 from .web.transactions import TransactionEndpoint
 
 log = logging.getLogger("alcove.wiring")
+
+
+async def _is_session_room(sessions: SessionService, room_id: str) -> bool:
+    return await sessions.by_room(room_id) is not None
 
 
 def build_bot(
@@ -129,6 +135,17 @@ def build_bot(
             ).specs(),
             *AwayCommands(away).specs(),
             *SessionCommands(sessions).specs(),
+            *RestoreCommands(
+                RestoreService(
+                    config,
+                    gateway,
+                    outbox,
+                    conversations,
+                    audit,
+                    clock,
+                    lambda room_id: _is_session_room(sessions, room_id),
+                )
+            ).specs(),
         ]
     )
     router = CommandRouter(registry, on_refused=refused_into(audit), runs=CommandRuns(db))

@@ -134,5 +134,6 @@ class MatrixGateway(Protocol):
 
     async def unredacted_event(self, room_id: str, event_id: str) -> dict[str, Any]:
         """The event as the bot (a server admin) sees it, with a redacted event's original
-        content while the homeserver still keeps it (MSC2815). PermanentError with errcode
+        content while the homeserver still keeps it (MSC2815), and ``unsigned.redacted_because``
+        when it was redacted. PermanentError with errcode
         ``FI.MAU.MSC2815_UNREDACTED_CONTENT_DELETED`` once it no longer does."""

@@ -488,12 +488,20 @@ class MautrixGateway:
             )
 
     async def unredacted_event(self, room_id: str, event_id: str) -> dict[str, Any]:
-        return await self.call(
+        path = f"{self._room(room_id)}/event/{quote(event_id, safe='')}"
+        # Synapse answers the unredacted event without its redaction: ask for both.
+        current = await self.call(self.bot_api, Method.GET, path)
+        original = await self.call(
             self.bot_api,
             Method.GET,
-            f"{self._room(room_id)}/event/{quote(event_id, safe='')}",
+            path,
             query={"fi.mau.msc2815.include_unredacted_content": "true"},
         )
+        redacted_because = (current.get("unsigned") or {}).get("redacted_because")
+        if redacted_because:
+            unsigned = original.get("unsigned") or {}
+            original["unsigned"] = {**unsigned, "redacted_because": redacted_because}
+        return original
 
     async def user_devices(self, user_id: str) -> list[dict[str, Any]]:
         result = await self.call(

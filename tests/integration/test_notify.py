@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 from aiosmtpd.controller import Controller
 from mautrix.util.async_db import Database
+from nio import ReceiptEvent, RoomReadMarkersResponse, SyncResponse
 
 from bridge.config import load_config
 from bridge.devstack import DevStack
@@ -25,12 +26,17 @@ from bridge.doctor import synapse_settings
 from bridge.notify_email import CHECK_NAME
 from tests.support.alcove_process import AlcoveProcess
 from tests.support.matrix_client import MatrixUser
+from tests.support.nio_client import NioUser
 from tests.support.scenario import (
+    THERAPIST,
+    add_client,
     from_bot,
     login,
     management_room,
     parse_added,
 )
+
+CARE = "@care:localhost"
 
 
 @dataclass
@@ -150,7 +156,7 @@ async def test_email_notifications_carry_no_text_and_no_names(
     print(f"MEASURE mail {second.at - sent:.1f}s after the message (delay 1s)")
     for word in [*forbidden, "dosage", "Thursday"]:
         assert word.lower() not in second.text.lower(), (word, second.text)
-    assert [m for m in smtp.mails if address in m.to] == [first]
+    assert not [m for m in smtp.mails if address in m.to and m.at >= sent]  # the old one
 
     await therapist.send_text(mgmt, f"!client email {added.user_id} not-an-address")
     await therapist.wait_for(from_bot(mgmt, "is not an email address"), timeout=20)
@@ -163,3 +169,123 @@ async def test_email_notifications_carry_no_text_and_no_names(
     config = load_config(synapse.config_path, environ={})
     [check] = [c for c in synapse_settings(config) if c.name == CHECK_NAME]
     assert check.ok, check.detail
+
+
+def _answer_to(room_id: str, event_id: str) -> Any:
+    def match(e: dict[str, Any]) -> bool:
+        relates = e.get("content", {}).get("m.relates_to", {})
+        return e.get("room_id") == room_id and (
+            relates.get("m.in_reply_to", {}).get("event_id") == event_id
+        )
+
+    return match
+
+
+async def _receipts(user: NioUser, room_id: str) -> list[tuple[str, str, str]]:
+    """One /sync as a matrix-nio client: the read receipts it is shown in the room, as
+    (user, receipt type, event id)."""
+    response = await user.client.sync(timeout=0)
+    assert isinstance(response, SyncResponse), response
+    room = response.rooms.join.get(room_id)
+    found = []
+    for event in room.ephemeral if room else []:
+        if isinstance(event, ReceiptEvent):
+            found += [(r.user_id, str(r.receipt_type), r.event_id) for r in event.receipts]
+    return found
+
+
+async def _read_as_element(user: NioUser, room_id: str, event_id: str) -> None:
+    """What Element Web/Desktop sends when its user reads up to ``event_id``: a public ``m.read``
+    receipt, or a private one when the account's "Send read receipts" setting is off."""
+    status, settings = await _account_data(user, "im.vector.web.settings")
+    public = status != 200 or settings.get("sendReadReceipts", True)
+    response = await user.client.room_read_markers(
+        room_id,
+        event_id,
+        read_event=event_id if public else None,
+        private_read_event=None if public else event_id,
+    )
+    assert isinstance(response, RoomReadMarkersResponse), response
+
+
+async def _account_data(user: NioUser, kind: str) -> tuple[int, dict[str, Any]]:
+    path = f"/_matrix/client/v3/user/{quote(user.user_id)}/account_data/{kind}"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(
+            user.client.homeserver + path,
+            headers={"Authorization": f"Bearer {user.client.access_token}"},
+        ) as resp:
+            return resp.status, await resp.json()
+
+
+async def test_restore_a_deleted_message_and_read_indicators(
+    alcove: AlcoveProcess,
+    therapist: MatrixUser,
+    synapse: DevStack,
+    http: aiohttp.ClientSession,
+    passwords: dict[str, str],
+    alcove_db: Database,
+) -> None:
+    mgmt = await management_room(therapist)
+    ada = await add_client(therapist, mgmt, "Ada Lovelace")
+    client = await login(http, synapse, ada)
+    care = await MatrixUser(http, synapse.homeserver_url, CARE).login(passwords[CARE])
+    care_mgmt = await management_room(care)
+
+    # The client writes, then deletes it.
+    text = "I was not honest last week about the drinking"
+    deleted = await client.send_text(ada.room_id, text)
+    status, _ = await client.raw(
+        "PUT",
+        f"/_matrix/client/v3/rooms/{quote(ada.room_id)}/redact/{quote(deleted)}/t1",
+        {"reason": "oops"},
+    )
+    assert status == 200
+    kept = await client.send_text(ada.room_id, "See you Thursday")
+
+    # Care staff restore it with the link Element copies; it comes back as a notice.
+    link = f"https://matrix.to/#/{ada.room_id}/{deleted}?via=localhost"
+    command = await care.send_text(care_mgmt, f"!restore {link}")
+    reply = await care.wait_for(_answer_to(care_mgmt, command), timeout=20)
+    assert "Restored the message from" in reply["content"]["body"], reply
+    assert f"from {ada.initials} at " in reply["content"]["body"]
+    restored = await client.wait_for(from_bot(ada.room_id, "Restored: message from"), timeout=20)
+    body = restored["content"]["body"]
+    assert body.startswith(f"Restored: message from {ada.initials} at ") and body.endswith(text)
+    assert restored["content"]["msgtype"] == "m.notice"
+    rows = await alcove_db.fetch(
+        "SELECT actor, target, room_id, detail FROM audit WHERE action = 'message.restored'"
+    )
+    assert [(r["actor"], r["target"], r["room_id"]) for r in rows] == [
+        (CARE, ada.user_id, ada.room_id)
+    ]
+    assert deleted in str(rows[0]["detail"]) and "drinking" not in str(rows[0]["detail"])
+
+    # Refused, with the reason: a message that is not deleted; a therapist; not a link.
+    await care.send_text(care_mgmt, f"!restore https://matrix.to/#/{ada.room_id}/{kept}")
+    await care.wait_for(from_bot(care_mgmt, "is not deleted"), timeout=20)
+    await therapist.send_text(mgmt, f"!restore {link}")
+    await therapist.wait_for(from_bot(mgmt, "!restore"), timeout=20)
+    await care.send_text(care_mgmt, "!restore the one from yesterday")
+    await care.wait_for(from_bot(care_mgmt, "not a link to a message"), timeout=20)
+    assert len(await alcove_db.fetch("SELECT 1 FROM audit WHERE action = 'message.restored'")) == 1
+
+    # Read indicators: Alcove turned the therapist's "Send read receipts" off (Element's
+    # account setting); with it, a client sees no receipt of theirs, and they see the client's.
+    nio_therapist = await NioUser(synapse.homeserver_url, THERAPIST).login(passwords[THERAPIST])
+    nio_client = await NioUser(synapse.homeserver_url, ada.user_id).login(ada.password)
+    try:
+        status, settings = await _account_data(nio_therapist, "im.vector.web.settings")
+        assert status == 200 and settings["sendReadReceipts"] is False
+        await _read_as_element(nio_therapist, ada.room_id, kept)  # the therapist reads
+        await _read_as_element(nio_client, ada.room_id, restored["event_id"])  # the client reads
+        seen_by_client = await _receipts(nio_client, ada.room_id)
+        seen_by_therapist = await _receipts(nio_therapist, ada.room_id)
+        print(f"MEASURE client sees {seen_by_client}; therapist sees {seen_by_therapist}")
+        assert (ada.user_id, "m.read", restored["event_id"]) in seen_by_client  # its own
+        assert not [r for r in seen_by_client if r[0] == THERAPIST]
+        assert (ada.user_id, "m.read", restored["event_id"]) in seen_by_therapist
+        assert (THERAPIST, "m.read.private", kept) in seen_by_therapist  # only to themselves
+    finally:
+        await nio_therapist.close()
+        await nio_client.close()
