@@ -126,6 +126,7 @@ class ConversationService:
     ) -> NewClient:
         """Managed account with an opaque ID, initials as display name, a one-time password,
         and a 1:1 room with the welcome message."""
+        email = normalise_email(email) if email else None  # ValueError: not an address
         localpart = rules.opaque_localpart(self.config.appservice.client_prefix)
         domain = self.config.homeserver.domain
         candidate = Client(
@@ -145,6 +146,8 @@ class ConversationService:
             await self.audit.record(therapist, "client.created", client.user_id)
         if client.email:
             await self.set_client_email(client, client.email, therapist)
+            if created:
+                await self.audit.record(therapist, "client.email_set", client.user_id)
         room = await self.open_dm(therapist, client, origin_event)
         return NewClient(client, password, room)
 

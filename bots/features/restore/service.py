@@ -28,7 +28,7 @@ log = logging.getLogger("alcove.restore")
 CONTENT_DELETED = "FI.MAU.MSC2815_UNREDACTED_CONTENT_DELETED"
 TEXT_TYPES = ("m.text", "m.notice", "m.emote")
 
-_MATRIX_TO = re.compile(r"#/(![^/?\s]+)/(\$[^?/\s]+)")
+_MATRIX_TO = re.compile(r"^(![^/?\s]+)/(\$[^?/\s]+)")
 _MATRIX_URI = re.compile(r"^matrix:roomid/([^/?\s]+)/e/([^/?\s]+)")
 
 
@@ -46,8 +46,9 @@ def parse_event_link(text: str) -> EventLink | None:
     """Element's "Copy link" (``https://matrix.to/#/!room:server/$event?via=…``, the room part
     percent-encoded or not) or a ``matrix:roomid/…/e/…`` URI. None if it is neither."""
     text = text.strip().strip("<>")
-    if match := _MATRIX_TO.search(text):
-        return EventLink(unquote(match[1]), unquote(match[2]))
+    _, hash_, fragment = text.partition("#/")
+    if hash_ and (match := _MATRIX_TO.match(unquote(fragment))):
+        return EventLink(match[1], match[2])
     if match := _MATRIX_URI.match(text):
         return EventLink("!" + unquote(match[1]), "$" + unquote(match[2]))
     return None
@@ -110,11 +111,21 @@ class RestoreService:
             room_id,
             notice(f"Restored: message from {author} at {when}\n{body}"),
         )
-        await self.audit.record(
-            actor, "message.restored", str(event.get("sender", "")), room_id, event_id=event_id
-        )
+        if not await self._audited(origin_event):  # a replayed command is recorded once
+            await self.audit.record(
+                actor,
+                "message.restored",
+                str(event.get("sender", "")),
+                room_id,
+                event_id=event_id,
+                command=origin_event,
+            )
         log.info("%s restored %s in %s", actor, event_id, room_id)
         return f"Restored the message from {author} at {when} in https://matrix.to/#/{room_id}"
+
+    async def _audited(self, origin_event: str) -> bool:
+        entries = await self.audit.entries("message.restored")
+        return any(e.detail.get("command") == origin_event for e in entries)
 
     async def _original(self, room_id: str, event_id: str) -> dict[str, Any]:
         try:
