@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -141,6 +142,37 @@ async def test_email_notifications_carry_no_text_and_no_names(
     assert "new message" in first.text or "invited" in first.text  # the invite, or the welcome
     for word in forbidden:
         assert word.lower() not in first.text.lower(), (word, first.text)
+
+    # "Forgot password" as Element does it, with that address: the client sets a password.
+    # (Synapse's reset mail says only "a password reset request"; nothing names anyone.)
+    secret_ = "client-secret-1"
+    asked = time.monotonic()  # Synapse mails before it answers
+    status, token = await client.raw(
+        "POST",
+        "/_matrix/client/v3/account/password/email/requestToken",
+        {"email": address, "client_secret": secret_, "send_attempt": 1},
+    )
+    assert status == 200, token
+    reset = await smtp.wait_for(address, after=asked)
+    assert "password reset" in reset.text.lower() and "rosalind" not in reset.text.lower()
+    plain = reset.message.get_body(("plain",))
+    assert isinstance(plain, EmailMessage)
+    [url] = re.findall(r"(http\S+submit_token\S+)", str(plain.get_content()))
+    async with http.post(url.replace("&amp;", "&")) as resp:  # the confirmation page's button
+        assert resp.status == 200, await resp.text()
+    async with http.post(  # signed out, as on Element's sign-in screen
+        f"{synapse.homeserver_url}/_matrix/client/v3/account/password",
+        json={
+            "new_password": "chosen by Rosalind 42",
+            "logout_devices": False,
+            "auth": {
+                "type": "m.login.email.identity",
+                "threepid_creds": {"sid": token["sid"], "client_secret": secret_},
+            },
+        },
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+    await MatrixUser(http, synapse.homeserver_url, added.user_id).login("chosen by Rosalind 42")
 
     # A new address replaces the old one, for 3PIDs and pushers. (Synapse then throttles a
     # room's mails: the next about the same room waits 144 x notif_delay_before_mail, up to a
