@@ -162,3 +162,19 @@ async def test_before_alcove_set_a_name_the_opaque_localpart_is_the_fallback(
     )
     await rules.on_profile_update(CLIENT, profile("Jane Doe"), False, False)
     assert api.set_names == [(CLIENT, "c-abc123")]
+
+
+async def test_nobody_registers_in_the_client_namespace(rules: AlcoveRules) -> None:
+    """The namespace is not exclusive (so that Synapse notifies clients); the module keeps it
+    Alcove's. Alcove registers clients as the appservice, which Synapse does not check here."""
+    from synapse.spam_checker_api import RegistrationBehaviour
+
+    for name in ("c-abc123", "C-sneaky"):
+        assert await rules.check_registration_for_spam(None, name, []) == (
+            RegistrationBehaviour.DENY
+        )
+    allowed: tuple[str | None, ...] = ("therapist", "cathy", None)
+    for other in allowed:
+        assert await rules.check_registration_for_spam(None, other, []) == (
+            RegistrationBehaviour.ALLOW
+        )
