@@ -23,7 +23,7 @@ from .startup import (
     ping,
     wait_for_homeserver,
 )
-from .synapse_checks import check_encryption_extensions, check_synapse_config
+from .synapse_checks import check_encryption_extensions, check_restore, check_synapse_config
 
 
 async def run_doctor(config: Config, web_timeout: float = 5.0) -> list[Check]:
@@ -148,6 +148,7 @@ def synapse_settings(config: Config) -> list[Check]:
             log_config = None
     checks = check_synapse_config(hs, log_config)
     checks.append(check_email_notifications(hs, path.parent))
+    checks.append(check_restore(hs))
     if config.encryption.enabled:
         checks.append(check_encryption_extensions(hs))
     return checks

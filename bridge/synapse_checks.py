@@ -128,3 +128,19 @@ def check_encryption_extensions(hs: dict[str, Any]) -> Check:
             "and encrypted commands wait until they are given up on); restart Synapse after.",
         )
     return Check(name, True, "")
+
+
+def check_restore(hs: dict[str, Any]) -> Check:
+    """`!restore` reads redacted content through MSC2815, which Synapse serves only with the
+    experimental feature on (and only while redaction_retention_period keeps the content)."""
+    name = "deleted messages can be restored (!restore: msc2815_enabled)"
+    if (hs.get("experimental_features") or {}).get("msc2815_enabled"):
+        return Check(name, True, "")
+    return Check(
+        name,
+        False,
+        "set experimental_features: {msc2815_enabled: true} in homeserver.yaml (optional): "
+        "without it !restore answers that the homeserver does not let Alcove read deleted "
+        "messages.",
+        warning=True,
+    )

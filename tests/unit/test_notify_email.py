@@ -18,6 +18,7 @@ from bridge.notify_email import (
     homeserver_settings,
     template_dir,
 )
+from bridge.synapse_checks import check_restore
 
 
 def settings(**overrides: Any) -> dict[str, Any]:
@@ -87,3 +88,9 @@ def test_email_addresses_are_kept_as_the_homeserver_keeps_them() -> None:
             normalise_email(bad)
     help_text = sign_in_help("@c-abc123:example.org")
     assert "username is c-abc123" in help_text and "Forgot password" in help_text
+
+
+def test_restore_needs_msc2815() -> None:
+    assert check_restore({"experimental_features": {"msc2815_enabled": True}}).ok
+    off = check_restore({})
+    assert not off.ok and off.warning and "msc2815_enabled: true" in off.detail
