@@ -15,6 +15,12 @@ client's own change of their global display name is put back at once (Synapse ca
 after storing a profile change), before it reaches any room. A client's own global avatar stays in
 their profile (Synapse offers modules no way to undo it) but never reaches a room.
 
+Alcove's clients' namespace is not exclusive (Synapse computes no notifications for users in an
+exclusive appservice namespace), so the module refuses anyone else's registration in it. And for
+every other local user but the bot (the staff) it keeps Element's account setting "Send read
+receipts" off (``staff_private_read_receipts``, on by default): clients never see when staff
+read their messages.
+
 ``GET /_synapse/client/alcove/rules`` answers with the module's configuration, so that
 ``alcove doctor`` can say whether it is installed (and for which bot)."""
 
@@ -44,6 +50,13 @@ _TABLE = "alcove_rules_profile"
 class RulesConfig:
     bot_user_id: str
     client_prefix: str = "c-"
+    staff_private_read_receipts: bool = True
+    """Keep Element's "Send read receipts" off for every local user who is neither a managed
+    client nor the bot (on a practice's homeserver: the staff)."""
+
+
+ELEMENT_SETTINGS = "im.vector.web.settings"
+SEND_READ_RECEIPTS = "sendReadReceipts"
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,10 @@ class AlcoveRules:
             check_event_allowed=self.check_event_allowed,
             on_profile_update=self.on_profile_update,
         )
+        if config.staff_private_read_receipts:
+            api.register_account_data_callbacks(
+                on_account_data_updated=self.on_account_data_updated
+            )
         api.register_web_resource(STATUS_PATH, StatusResource(config))
 
     @staticmethod
@@ -80,7 +97,12 @@ class AlcoveRules:
         prefix = config.get("client_prefix", "c-")
         if not isinstance(prefix, str) or not prefix:
             raise ConfigError("client_prefix: Alcove's appservice.client_prefix, e.g. 'c-'")
-        return RulesConfig(bot_user_id=bot, client_prefix=prefix)
+        private = config.get("staff_private_read_receipts", True)
+        if not isinstance(private, bool):
+            raise ConfigError("staff_private_read_receipts: true or false")
+        return RulesConfig(
+            bot_user_id=bot, client_prefix=prefix, staff_private_read_receipts=private
+        )
 
     # ------------------------------------------------------------------ who is who
 
@@ -180,6 +202,28 @@ class AlcoveRules:
             from synapse.types import UserID
 
             await self.api.set_displayname(UserID.from_string(user_id), wanted)
+
+    # ------------------------------------------------------------------ account data
+
+    async def on_account_data_updated(
+        self, user_id: str, room_id: str | None, account_data_type: str, content: Any
+    ) -> None:
+        """A staff member turned Element's "Send read receipts" back on: put it off again
+        (Alcove turns it off at its start; clients must not see when staff read)."""
+        if (
+            room_id is not None
+            or account_data_type != ELEMENT_SETTINGS
+            or not isinstance(content, dict)
+            or content.get(SEND_READ_RECEIPTS) is False
+            or user_id == self.config.bot_user_id
+            or self.is_managed(user_id)
+            or not self.api.is_mine(user_id)
+        ):
+            return
+        log.info("Putting %s's read receipts back to private", user_id)
+        await self.api.account_data_manager.put_global(
+            user_id, ELEMENT_SETTINGS, {**content, SEND_READ_RECEIPTS: False}
+        )
 
     async def approved(self, user_id: str) -> Approved:
         row = await self._row(user_id)

@@ -323,3 +323,11 @@ async def test_restore_a_deleted_message_and_read_indicators(
     finally:
         await nio_therapist.close()
         await nio_client.close()
+
+    # The therapist turns "Send read receipts" back on in Element: the homeserver module puts
+    # it off again before the request returns (their other settings stay).
+    path = f"/_matrix/client/v3/user/{quote(THERAPIST)}/account_data/im.vector.web.settings"
+    status, _ = await therapist.raw("PUT", path, {"sendReadReceipts": True, "theme": "dark"})
+    assert status == 200
+    status, settings = await therapist.raw("GET", path)
+    assert settings == {"sendReadReceipts": False, "theme": "dark"}

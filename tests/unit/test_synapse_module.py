@@ -34,12 +34,24 @@ class FakeModuleApi:
         self.profiles: dict[str, tuple[str | None, str | None]] = {}
         self.set_names: list[tuple[str, str]] = []
         self.db = sqlite3.connect(":memory:")
+        self.account_data_callbacks: dict[str, Any] = {}
+        self.put: list[tuple[str, str, dict[str, Any]]] = []
 
     def register_spam_checker_callbacks(self, **callbacks: Any) -> None:
         self.spam = callbacks
 
     def register_third_party_rules_callbacks(self, **callbacks: Any) -> None:
         self.rules = callbacks
+
+    def register_account_data_callbacks(self, **callbacks: Any) -> None:
+        self.account_data_callbacks = callbacks
+
+    @property
+    def account_data_manager(self) -> Any:
+        return self
+
+    async def put_global(self, user_id: str, data_type: str, new_data: dict[str, Any]) -> None:
+        self.put.append((user_id, data_type, new_data))
 
     def register_web_resource(self, path: str, resource: Any) -> None:
         self.resources[path] = resource
@@ -178,3 +190,21 @@ async def test_nobody_registers_in_the_client_namespace(rules: AlcoveRules) -> N
         assert await rules.check_registration_for_spam(None, other, []) == (
             RegistrationBehaviour.ALLOW
         )
+
+
+async def test_staff_read_receipts_stay_private(rules: AlcoveRules, api: FakeModuleApi) -> None:
+    callback = api.account_data_callbacks["on_account_data_updated"]
+    settings = "im.vector.web.settings"
+    await callback(THERAPIST, None, settings, {"sendReadReceipts": True, "theme": "dark"})
+    assert api.put == [(THERAPIST, settings, {"sendReadReceipts": False, "theme": "dark"})]
+    await callback(THERAPIST, None, settings, {"sendReadReceipts": False})  # its own echo
+    await callback(CLIENT, None, settings, {"sendReadReceipts": True})  # clients choose
+    await callback(BOT, None, settings, {})
+    await callback("@someone:elsewhere.org", None, settings, {})
+    await callback(THERAPIST, OURS, settings, {})  # room account data
+    await callback(THERAPIST, None, "m.direct", {})
+    assert len(api.put) == 1
+    off = AlcoveRules.parse_config({"bot_user_id": BOT, "staff_private_read_receipts": False})
+    other = FakeModuleApi()
+    AlcoveRules(off, other)  # type: ignore[arg-type]
+    assert other.account_data_callbacks == {}
