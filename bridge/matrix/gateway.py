@@ -125,6 +125,9 @@ class MatrixGateway(Protocol):
     async def user_devices(self, user_id: str) -> list[dict[str, Any]]:
         """The user's devices (admin API): ``device_id``, ``last_seen_ts`` (ms or None)."""
 
+    async def email_owner(self, email: str) -> str | None:
+        """Who holds this email 3PID on the homeserver (admin API), if anyone."""
+
     async def set_email(self, user_id: str, email: str | None) -> None:
         """The user's email 3PIDs become exactly ``email`` (none for None), admin API."""
 

@@ -449,6 +449,20 @@ class MautrixGateway:
         )
         return str(result.get("status", "unknown"))
 
+    async def email_owner(self, email: str) -> str | None:
+        try:
+            result = await self.call(
+                self.bot_api,
+                Method.GET,
+                f"/_synapse/admin/v1/threepid/email/users/{quote(email, safe='')}",
+            )
+        except PermanentError as e:
+            if e.status == 404:
+                return None
+            raise
+        owner = result.get("user_id")
+        return str(owner) if owner else None
+
     async def set_email(self, user_id: str, email: str | None) -> None:
         threepids = [] if email is None else [{"medium": "email", "address": email}]
         await self.call(

@@ -93,6 +93,19 @@ async def test_client_email_sets_3pid_and_pusher_and_the_welcome_says_how_to_sig
     assert [e.detail for e in audit] == [{}]  # never the address
 
 
+async def test_an_address_of_another_account_is_refused(world: World) -> None:
+    gw, mgmt = world.gateway, await world.mgmt(THERAPIST)
+    gw.emails[CARE] = "carla@example.org"  # a staff member's own address
+    await world.say(mgmt, "!client add Jo Bloggs --email Carla@example.org")
+    new = await world.bot.conversations.add_client(THERAPIST, "Ann Other", None, "$add4")
+    await world.say(mgmt, f"!client email {new.client.user_id} carla@example.org")
+    replies = await world.bodies(mgmt)
+    assert "carla@example.org already belongs to another account" in replies[-2]
+    assert "carla@example.org already belongs to another account" in replies[-1]
+    assert await world.bot.conversations.clients_of(THERAPIST) == [new.client]
+    assert gw.emails == {CARE: "carla@example.org"}
+
+
 async def test_a_client_without_email_gets_the_plain_welcome(world: World) -> None:
     new = await world.bot.conversations.add_client(THERAPIST, "Jo Bloggs", None, "$add2")
     assert new.client.user_id not in world.gateway.emails

@@ -277,6 +277,9 @@ class RecordingGateway:
     unredacted: dict[str, dict[str, Any] | PermanentError] = field(default_factory=dict)
     """What the MSC2815 event lookup answers per event id (an error to raise, or the event)."""
 
+    async def email_owner(self, email: str) -> str | None:
+        return next((user for user, address in self.emails.items() if address == email), None)
+
     async def set_email(self, user_id: str, email: str | None) -> None:
         self.emails[user_id] = email
 

@@ -11,7 +11,7 @@ from ...commands.context import CommandContext
 from ...commands.spec import CommandSpec
 from .management import link
 from .repo import DM, GROUP, Client, Room
-from .service import ClientLookupError, ConversationService, normalise_email
+from .service import ClientLookupError, ConversationService, EmailInUse, normalise_email
 
 THERAPIST = ("therapist",)
 
@@ -118,6 +118,9 @@ class ConversationCommands:
         if problem is not None:
             await ctx.reply(problem)
             return
+        if email and (problem := await self.service.email_problem(email)):
+            await ctx.reply(problem + " Add the client without --email, or with another address.")
+            return
         new = await self.service.add_client(ctx.sender, full_name, email, ctx.event_id)
         problem = await self.service.send_secret(
             ctx.sender,
@@ -143,7 +146,11 @@ class ConversationCommands:
     async def _client_email(self, ctx: CommandContext) -> None:
         client = await self._client_arg(ctx, ctx.values["client"])
         email: str | None = ctx.values["email"]
-        await self.service.set_client_email(client, email, ctx.sender)
+        try:
+            await self.service.set_client_email(client, email, ctx.sender)
+        except EmailInUse as e:
+            await ctx.reply_private(str(e))
+            return
         who = f"{client.initials} ({client.user_id})"
         if email is None:
             await ctx.reply_private(f"Email notifications for {who} are off.")

@@ -62,6 +62,10 @@ def sign_in_help(user_id: str) -> str:
     )
 
 
+class EmailInUse(Exception):
+    """The address is another account's email 3PID (said to the therapist as it is)."""
+
+
 class ClientLookupError(Exception):
     """A <client> argument that matches nobody, or several people. ``private``: the message
     lists clients, so it may be said only in the therapist's management room."""
@@ -151,12 +155,27 @@ class ConversationService:
         room = await self.open_dm(therapist, client, origin_event)
         return NewClient(client, password, room)
 
+    async def email_problem(self, email: str, client_id: str | None = None) -> str | None:
+        """Why ``email`` cannot be this client's (None if it can): another account's 3PID.
+        Synapse's admin API would silently move it (an upsert): that account's password resets
+        would then come here."""
+        owner = await self.gateway.email_owner(normalise_email(email))
+        if owner is None or owner == client_id:
+            return None
+        return (
+            f"{email} already belongs to another account on the homeserver; each client needs "
+            "an address of their own."
+        )
+
     async def set_client_email(self, client: Client, email: str | None, actor: str) -> Client:
         """The client's email notifications: the address becomes their only email 3PID on the
         homeserver (admin API), and an email pusher for it is added as them, so the homeserver
         mails them (with Alcove's templates: no text, no names) when a message waits unread.
-        None removes both. Idempotent; the address is not written to the audit log."""
+        None removes both. Idempotent; the address is not written to the audit log.
+        ValueError: not an address; EmailInUse: another account's."""
         email = normalise_email(email) if email is not None else None
+        if email is not None and (problem := await self.email_problem(email, client.user_id)):
+            raise EmailInUse(problem)
         await self.gateway.set_email(client.user_id, email)
         await self.gateway.set_email_pusher(client.user_id, email)
         if email != client.email:
