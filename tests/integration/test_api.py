@@ -1,0 +1,164 @@
+"""The HTTP API (issue 13) against a real Alcove on a real Synapse, both databases: a booking
+for a new client (the client, their 1:1, the welcome and the booking notice, as the client
+reads them), its Idempotency-Key, the calendar feed, the email update, and erasure — through
+the API and through `!client erase` + `!yes` — seen from the homeserver (login refused, rooms
+left, the 1:1 renamed), Alcove's database (rows gone) and the audit log (IDs only)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from icalendar import Calendar
+from mautrix.errors import MatrixRequestError
+from mautrix.util.async_db import Database
+
+from bots.features.conversations.service import ERASED_ROOM_NAME
+from bridge.devstack import DevStack
+from tests.support.alcove_process import AlcoveProcess
+from tests.support.matrix_client import MatrixUser
+from tests.support.scenario import (
+    THERAPIST,
+    Added,
+    add_client,
+    from_bot,
+    login,
+    management_room,
+    parse_added,
+)
+
+
+class Api:
+    def __init__(self, http: aiohttp.ClientSession, synapse: DevStack) -> None:
+        dev = synapse.dev_secrets
+        self.http = http
+        self.base = f"http://127.0.0.1:{dev['api_port']}/_alcove/v1"
+        self.auth = {"Authorization": f"Bearer {dev['api_token']}"}
+        self.calendar = f"{self.base}/calendar/{dev['calendar_token']}"
+
+    async def call(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any, dict[str, str]]:
+        async with self.http.request(
+            method, self.base + path, json=body, headers={**self.auth, **(headers or {})}
+        ) as resp:
+            return resp.status, await resp.json(), dict(resp.headers)
+
+
+async def assert_erased(
+    http: aiohttp.ClientSession,
+    synapse: DevStack,
+    therapist: MatrixUser,
+    alcove_db: Database,
+    added: Added,
+    full_name: str,
+) -> None:
+    """Homeserver: the account is deactivated (login refused), it left its 1:1, whose name is no
+    longer the client's. Alcove: no row names it; the audit log has the erasure by ID only."""
+    try:
+        await login(http, synapse, added)
+        raise AssertionError("an erased client could still log in")
+    except MatrixRequestError as e:
+        assert e.http_status in (401, 403), e
+    member = await therapist.state(added.room_id, "m.room.member", added.user_id)
+    assert member["membership"] == "leave"
+    assert (await therapist.state(added.room_id, "m.room.name"))["name"] == ERASED_ROOM_NAME
+    for table, column in (("client", "user_id"), ("conv_room", "client_id")):
+        count = await alcove_db.fetchval(
+            f"SELECT COUNT(*) FROM {table} WHERE {column} = $1",
+            added.user_id,
+        )
+        assert count == 0, table
+    rows = await alcove_db.fetch("SELECT * FROM audit ORDER BY id")
+    audit = json.dumps([{k: r[k] for k in r.keys()} for r in rows], default=str)
+    assert full_name not in audit and full_name.split()[0] not in audit
+    erased = [r for r in rows if r["action"] == "client.erased" and r["target"] == added.user_id]
+    assert len(erased) == 1
+
+
+async def test_api_bookings_feed_and_erasure(
+    alcove: AlcoveProcess,
+    therapist: MatrixUser,
+    synapse: DevStack,
+    http: aiohttp.ClientSession,
+    alcove_db: Database,
+) -> None:
+    api = Api(http, synapse)
+    mgmt = await management_room(therapist)
+
+    # A booking for a new client, with an Idempotency-Key.
+    start = (datetime.now(UTC) + timedelta(hours=3)).replace(microsecond=0)
+    booking = {
+        "therapist": THERAPIST,
+        "new_client": {"full_name": "Nora Api", "external_id": "EXT-1"},
+        "start": start.isoformat(),
+        "duration_minutes": 30,
+    }
+    key = {"Idempotency-Key": "booking-1"}
+    status, first, _ = await api.call("POST", "/bookings", booking, key)
+    assert status == 201, first
+    status, again, headers = await api.call("POST", "/bookings", booking, key)
+    assert (status, again, headers.get("Idempotent-Replayed")) == (201, first, "true")
+    status, reused, _ = await api.call(
+        "POST", "/bookings", {**booking, "duration_minutes": 40}, key
+    )
+    assert status == 422 and reused["error"]["details"][0]["loc"] == ["header", "Idempotency-Key"]
+    assert await alcove_db.fetchval("SELECT COUNT(*) FROM text_session") == 1
+    assert await alcove_db.fetchval("SELECT COUNT(*) FROM client") == 1
+
+    # The full name and password went to the management room only; the client reads the
+    # welcome and the booking notice in their 1:1.
+    reply = await therapist.wait_for(from_bot(mgmt, "Added Nora Api as"), timeout=30)
+    nora = parse_added(reply["content"]["body"])
+    assert first["clients"] == [nora.user_id]
+    client = await login(http, synapse, nora)
+    assert nora.room_id in await client.joined_rooms()
+    welcome = await client.wait_for(
+        lambda e: e.get("room_id") == nora.room_id and "Hello Nora" in e["content"].get("body", "")
+    )
+    assert welcome["sender"] == THERAPIST
+    await client.wait_for(
+        lambda e: (
+            e.get("room_id") == nora.room_id and "is booked for" in e["content"].get("body", "")
+        )
+    )
+
+    status, listed, _ = await api.call("GET", f"/bookings?therapist={quote(THERAPIST)}")
+    assert status == 200 and [b["booking_id"] for b in listed["bookings"]] == [first["booking_id"]]
+    async with http.get(api.calendar) as resp:
+        assert resp.status == 200
+        feed = await resp.text()
+    assert "Nora" not in feed
+    [event] = Calendar.from_ical(feed).walk("VEVENT")
+    assert "N.A." in str(event["SUMMARY"]) and event.decoded("DTSTART") == start
+
+    status, patched, _ = await api.call(
+        "PATCH", f"/clients/{quote(nora.user_id)}", {"email": "nora@example.net"}
+    )
+    assert status == 200 and patched["email"] == "nora@example.net"
+
+    # Erasure through the API: refused while a session is booked, done after its cancellation.
+    status, refused, _ = await api.call("DELETE", f"/clients/{quote(nora.user_id)}")
+    assert status == 409, refused
+    status, cancelled, _ = await api.call("DELETE", f"/bookings/{first['booking_id']}")
+    assert status == 200 and cancelled["status"] == "cancelled"
+    status, erased, _ = await api.call("DELETE", f"/clients/{quote(nora.user_id)}")
+    assert (status, erased) == (200, {"client_id": nora.user_id, "erased": True, "rooms_left": 1})
+    await assert_erased(http, synapse, therapist, alcove_db, nora, "Nora Api")
+    status, _, _ = await api.call("GET", f"/clients/{quote(nora.user_id)}")
+    assert status == 404
+
+    # Erasure as a bot command: the question (with the name) in the management room; !yes.
+    omar = await add_client(therapist, mgmt, "Omar Command")
+    await login(http, synapse, omar)
+    await therapist.send_text(omar.room_id, f"!client erase {omar.user_id}")
+    await therapist.wait_for(from_bot(omar.room_id, "in your management room"))
+    await therapist.send_text(mgmt, f"!client erase {omar.user_id}")
+    await therapist.wait_for(from_bot(mgmt, "Erase Omar Command"))
+    await therapist.send_text(mgmt, "!yes")
+    done = await therapist.wait_for(from_bot(mgmt, f"Erased {omar.user_id}"), timeout=30)
+    assert "Omar" not in done["content"]["body"]
+    await assert_erased(http, synapse, therapist, alcove_db, omar, "Omar Command")
