@@ -28,6 +28,7 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from schemathesis.core.result import Ok
 
 from bridge.devstack import DevStack
 from tests.support.alcove_process import AlcoveProcess
@@ -48,15 +49,14 @@ TABLES = ("client", "conv_room", "text_session", "api_request")
 
 async def _counts(db: Database) -> dict[str, Any]:
     counts: dict[str, Any] = {
-        t: int(await db.fetchval(f"SELECT COUNT(*) FROM {t}"))  # noqa: S608
-        for t in TABLES
+        t: int(await db.fetchval(f"SELECT COUNT(*) FROM {t}")) for t in TABLES
     }
     counts["clients"] = [r["user_id"] for r in await db.fetch("SELECT user_id FROM client")]
     counts["sessions"] = [int(r["id"]) for r in await db.fetch("SELECT id FROM text_session")]
     return counts
 
 
-def steer(case: schemathesis.Case, known: dict[str, Any], calendar: str, draw: int) -> None:
+def steer(case: schemathesis.Case[Any], known: dict[str, Any], calendar: str, draw: int) -> None:
     """Half the valid cases are pointed at what exists (the configured therapist, a client or
     session Alcove has, the calendar's token, a start in the future), so that they get past the
     lookups into the services; the other values stay as generated."""
@@ -95,42 +95,48 @@ async def test_schemathesis_finds_nothing(
         # in a thread (schemathesis calls are blocking) and asks the loop for the database.
         return asyncio.run_coroutine_threadsafe(coro, loop).result(30)
 
+    def run(
+        operation: schemathesis.APIOperation[Any, Any, Any, Any], mode: schemathesis.GenerationMode
+    ) -> None:
+        positive = mode == schemathesis.GenerationMode.POSITIVE
+
+        @given(
+            case=operation.as_strategy(generation_mode=mode),
+            real=st.booleans(),
+            draw=st.integers(0, 1000),
+        )
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        def one(case: schemathesis.Case[Any], real: bool, draw: int) -> None:
+            before = on_loop(_counts(alcove_db))
+            if real and positive:
+                steer(case, before, dev["calendar_token"], draw)
+            response = case.call_and_validate(
+                base_url=base, headers=headers, checks=CHECKS, timeout=30
+            )
+            stats["cases"] += 1
+            stats[f"{response.status_code // 100}xx"] += 1
+            stats[f"{case.method} {case.path} {mode.name[:3]} {response.status_code}"] += 1
+            if 400 <= response.status_code < 500:
+                after = on_loop(_counts(alcove_db))
+                assert after == before, (case.method, case.path, response.text, after)
+
+        one()
+
     def fuzz() -> None:
         for result in schema.get_all_operations():
-            operation = result.ok()
+            assert isinstance(result, Ok), result
+            stats["operations"] += 1
             for mode in (
                 schemathesis.GenerationMode.POSITIVE,
                 schemathesis.GenerationMode.NEGATIVE,
             ):
-
-                @given(
-                    case=operation.as_strategy(generation_mode=mode),
-                    real=st.booleans(),
-                    draw=st.integers(0, 1000),
-                )
-                @settings(
-                    max_examples=EXAMPLES,
-                    deadline=None,
-                    derandomize=True,
-                    database=None,
-                    suppress_health_check=list(HealthCheck),
-                )
-                def one(case: schemathesis.Case, real: bool, draw: int) -> None:
-                    before = on_loop(_counts(alcove_db))
-                    if real and mode.name == "POSITIVE":
-                        steer(case, before, dev["calendar_token"], draw)
-                    response = case.call_and_validate(
-                        base_url=base, headers=headers, checks=CHECKS, timeout=30
-                    )
-                    stats["cases"] += 1
-                    stats[f"{response.status_code // 100}xx"] += 1
-                    stats[f"{case.method} {case.path} {mode.name[:3]} {response.status_code}"] += 1
-                    if 400 <= response.status_code < 500:
-                        after = on_loop(_counts(alcove_db))
-                        assert after == before, (case.method, case.path, response.text, after)
-
-                one()
-                stats["operations"] += 1 if mode.name == "POSITIVE" else 0
+                run(result.ok(), mode)
 
     started = time.monotonic()
     await asyncio.to_thread(fuzz)
