@@ -148,6 +148,12 @@ async def test_api_bookings_feed_and_erasure(
     status, erased, _ = await api.call("DELETE", f"/clients/{quote(nora.user_id)}")
     assert (status, erased) == (200, {"client_id": nora.user_id, "erased": True, "rooms_left": 1})
     await assert_erased(http, synapse, therapist, alcove_db, nora, "Nora Api")
+    # The message with her name and password is redacted (it was still there).
+    await therapist.wait_for(from_bot(mgmt, "the client was erased"), timeout=30)
+    status, redacted = await therapist.raw(
+        "GET", f"/_matrix/client/v3/rooms/{quote(mgmt)}/event/{quote(reply['event_id'])}"
+    )
+    assert status == 200 and redacted["content"] == {}, redacted
     status, _, _ = await api.call("GET", f"/clients/{quote(nora.user_id)}")
     assert status == 404
 

@@ -151,7 +151,8 @@ class ConversationService:
 
     async def erase_client(self, client: Client, actor: str) -> int:
         """The right to be forgotten: the client leaves every room Alcove put them in (kicked,
-        and the room forgotten for them), their 1:1 loses their name, their account is
+        and the room forgotten for them), their 1:1 loses their name, the message with their
+        initial password is redacted if it is still there, their account is
         deactivated with erasure on the homeserver, and Alcove's database forgets them; the
         audit log keeps ID-only rows. Each step is idempotent, so a retry after a failure
         finishes the job. Returns how many rooms they were removed from."""
@@ -171,6 +172,7 @@ class ConversationService:
                 await self.gateway.send_state(
                     self.bot, room_id, "m.room.name", "", {"name": ERASED_ROOM_NAME}
                 )
+        await self.management.redact_secrets_of(client.user_id, "the client was erased")
         await self.gateway.deactivate(client.user_id, erase=True)
         await self.repo.forget_client(client.user_id)
         await self.audit.record(actor, "client.erased", client.user_id, rooms=len(rooms))
