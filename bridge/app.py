@@ -13,6 +13,7 @@ from aiohttp import web
 from mautrix.util.async_db import Database
 
 from .api.server import Api, ApiHandlers
+from .api.webhooks import Webhooks
 from .clock import Clock, SystemClock
 from .config import Config
 from .crypto.machine import Crypto
@@ -41,6 +42,7 @@ class Alcove:
         self.session: aiohttp.ClientSession | None = None
         self.runner: web.AppRunner | None = None
         self.api_runner: web.AppRunner | None = None
+        self.webhooks: Webhooks | None = None
         self.web: web.Application | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self.runtime: Runtime | None = None
@@ -96,6 +98,10 @@ class Alcove:
         self.metrics.ready.set(1)
         if cfg.api.enabled:
             await self._start_api()
+        if cfg.api.webhooks:
+            assert self.db is not None and self.session is not None
+            self.webhooks = Webhooks(cfg, self.db, self.session, self.clock)
+            await self.webhooks.start()
         log.info("Alcove is ready as %s", cfg.bot_user_id)
 
     async def _start_api(self) -> None:
@@ -152,6 +158,8 @@ class Alcove:
             self.web[READY].update(ready=False, reason="shutting down")
         if self.api_runner is not None:
             await self.api_runner.cleanup()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             await asyncio.gather(self._housekeeping, return_exceptions=True)

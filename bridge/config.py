@@ -243,6 +243,20 @@ class CalendarFeed:
     token: str = field(repr=False)
 
 
+WEBHOOK_EVENTS = {"client.created": "client.created", "session.ended": "session.purged"}
+"""Webhook event name → the audit-log action it is read from."""
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """Events POSTed to a URL, signed with HMAC-SHA256 of the secret."""
+
+    name: str
+    url: str
+    secret: str = field(repr=False)
+    events: frozenset[str] = frozenset(WEBHOOK_EVENTS)
+
+
 @dataclass(frozen=True)
 class ApiConfig:
     """The HTTP API (issue 13) on its own listener, apart from the appservice's."""
@@ -252,6 +266,9 @@ class ApiConfig:
     port: int = 29332
     tokens: tuple[ApiToken, ...] = ()
     calendars: tuple[CalendarFeed, ...] = ()
+    webhooks: tuple[Webhook, ...] = ()
+    webhook_retry_seconds: float = 5.0
+    """The first retry of a failed delivery; doubled each time, at most an hour."""
 
 
 @dataclass(frozen=True)
@@ -693,12 +710,34 @@ def _api(s: _Section, staff: tuple[StaffMember, ...], appservice: AppserviceConf
             raise ConfigError(c.key("token"), "is the same as another token's")
         c.warn_unknown()
         calendars.append(CalendarFeed(therapist, secret))
+    webhooks: list[Webhook] = []
+    for i, item in enumerate(_list(s.raw("webhooks", None), s.key("webhooks"))):
+        w = _Section(item, f"{s.key('webhooks')}[{i}]")
+        name = w.text("name")
+        if any(o.name == name for o in webhooks):
+            raise ConfigError(w.key("name"), f"{name!r} is used by another webhook")
+        url = w.text("url")
+        if urlparse(url).scheme not in ("http", "https") or not urlparse(url).netloc:
+            raise ConfigError(w.key("url"), f"must be an http(s):// URL, got {url!r}")
+        secret = _secret(w, "secret")
+        events = w.raw("events", sorted(WEBHOOK_EVENTS))
+        if not isinstance(events, list) or not events:
+            raise ConfigError(w.key("events"), f"must be a list of: {', '.join(WEBHOOK_EVENTS)}")
+        for event in events:
+            if event not in WEBHOOK_EVENTS:
+                raise ConfigError(
+                    w.key("events"), f"unknown event {event!r}; use {', '.join(WEBHOOK_EVENTS)}"
+                )
+        w.warn_unknown()
+        webhooks.append(Webhook(name, url, secret, frozenset(events)))
     api = ApiConfig(
         enabled=s.flag("enabled", d.enabled),
         host=s.text("host", d.host),
         port=s.integer("port", d.port, low=1, high=65535),
         tokens=tuple(tokens),
         calendars=tuple(calendars),
+        webhooks=tuple(webhooks),
+        webhook_retry_seconds=s.number("webhook_retry_seconds", d.webhook_retry_seconds, low=0.01),
     )
     if api.enabled and api.port == appservice.port:
         raise ConfigError(

@@ -548,6 +548,30 @@ def test_api_section_parses_and_never_shows_its_tokens(tmp_path: Path) -> None:
             "no therapist",
         ),
         ({"enabled": True, "port": 29340}, "api.port", "must differ from appservice.port"),
+        (
+            {"webhooks": [{"name": "w", "url": "ftp://x", "secret": TOKEN}]},
+            "api.webhooks[0].url",
+            "http(s)",
+        ),
+        (
+            {"webhooks": [{"name": "w", "url": "https://x/h", "secret": "s"}]},
+            "api.webhooks[0].secret",
+            "at least 32",
+        ),
+        (
+            {
+                "webhooks": [
+                    {
+                        "name": "w",
+                        "url": "https://x/h",
+                        "secret": TOKEN,
+                        "events": ["client.deleted"],
+                    }
+                ]
+            },
+            "api.webhooks[0].events",
+            "unknown event",
+        ),
     ],
 )
 def test_api_errors_name_the_key(tmp_path: Path, api: dict[str, Any], key: str, words: str) -> None:
