@@ -35,6 +35,7 @@ FROM_REGISTRATION = "from-registration"
 _PLACEHOLDER = re.compile(r"CHANGE_?ME|(^|[.:@])example\.(org|com|net)$", re.IGNORECASE)
 _USER_ID = re.compile(r"^@[a-z0-9._=\-/+]+:[A-Za-z0-9.\-]+(:\d+)?$")
 _LOCALPART = re.compile(r"^[a-z0-9._=\-/]+$")
+_TOKEN_NAME = re.compile(r"^[a-z0-9_-]{1,64}$")
 _PHRASE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 WELCOME_PLACEHOLDERS = frozenset({"client_first_name", "therapist_name", "practice_name"})
@@ -683,6 +684,8 @@ def _api(s: _Section, staff: tuple[StaffMember, ...], appservice: AppserviceConf
     for i, item in enumerate(_list(s.raw("tokens", None), s.key("tokens"))):
         t = _Section(item, f"{s.key('tokens')}[{i}]")
         name = t.text("name")
+        if not _TOKEN_NAME.match(name):
+            raise ConfigError(t.key("name"), "may only use a-z, 0-9, - and _ (max 64)")
         secret = _secret(t, "token")
         scopes = t.raw("scopes")
         if not isinstance(scopes, list) or not scopes:

@@ -184,6 +184,18 @@ class IdempotencyHeader(BaseModel):
     )
 
 
+class OptionalIdempotencyHeader(BaseModel):
+    idempotency_key: str | None = Field(
+        default=None,
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Optional: the same key and body again get the same answer (a retry after "
+        "a timeout creates nothing twice); the same key with another body is refused (422)",
+    )
+
+
 class ReceiptOut(BaseModel):
     """The deletion receipt of an ended session: what was deleted, never what was said."""
 

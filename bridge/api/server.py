@@ -189,7 +189,8 @@ class ApiHandlers:
                 f"This therapist already has a client with this external_id: {existing.user_id}",
                 [m.ErrorDetail(loc=["body", "external_id"], msg="already used", type="conflict")],
             )
-        origin = f"api:{call.actor}:{uuid.uuid4()}"
+        key = call.header.idempotency_key or str(uuid.uuid4())
+        origin = f"{call.actor}:{key}"
         new = await self.conversations.add_client(
             therapist, body.full_name, body.email, origin, body.external_id
         )
@@ -229,7 +230,7 @@ class ApiHandlers:
         therapist = self._therapist(body.therapist, ["body", "therapist"])
         if body.start <= self.clock.now():
             raise invalid(["body", "start"], "must be in the future")
-        origin = f"api:{call.actor}:{call.header.idempotency_key}"
+        origin = f"{call.actor}:{call.header.idempotency_key}"
         if body.client_id is not None:
             client = await self.conversations.client(body.client_id)
             if client is None or client.therapist_id != therapist:
@@ -391,6 +392,12 @@ class Api:
                 status=503,
                 headers={"Retry-After": "5"},
             )
+        except Exception:  # a bug: logged (no request body), answered in JSON
+            log.exception("API %s %s failed", request.method, request.path)
+            return web.json_response(
+                {"error": {"code": "internal", "message": "Alcove failed; see its log"}},
+                status=500,
+            )
 
     def _endpoint(self, op: Operation) -> Callable[[web.Request], Awaitable[web.Response]]:
         method: Handler = getattr(self.handlers, op.name)
@@ -409,7 +416,7 @@ class Api:
             call.header = _validate(op.header, _header(request, op.header), "header")
             raw = await request.read() if op.body is not None else b""
             call.body = _validate(op.body, raw, "body")
-            if op.header is m.IdempotencyHeader:
+            if getattr(call.header, "idempotency_key", None) is not None:
                 return await self._idempotent(op, call, method)
             status, result = await method(call)
             return _respond(status, result)

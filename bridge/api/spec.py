@@ -49,6 +49,7 @@ OPERATIONS: tuple[Operation, ...] = (
         m.ClientCreated,
         status=201,
         body=m.ClientCreate,
+        header=m.OptionalIdempotencyHeader,
         errors=(409,),
     ),
     Operation(

@@ -179,10 +179,19 @@ async def test_clients_create_get_list_update_and_erase(stack: Stack) -> None:
     assert status == 409 and cid in dup["error"]["message"]
     assert locs(dup) == [["body", "external_id"]]
 
+    # With an Idempotency-Key, a retried create gets the same client (none created twice).
+    sam = {"full_name": "Sam Roe", "therapist": THERAPIST}
+    key = {"Idempotency-Key": "add-sam"}
+    status, first = await stack.call("POST", "/clients", sam, headers=key)
+    assert status == 201
+    status, again = await stack.call("POST", "/clients", sam, headers=key)
+    assert (status, again) == (201, first)
+    assert len(await stack.h.bot.conversations.clients_of(THERAPIST)) == 2
+
     status, got = await stack.call("GET", f"/clients/{cid}", token=READER)
     assert status == 200 and got["email"] == "j@x.org" and got["room_id"] == jane["room_id"]
     status, listed = await stack.call("GET", f"/clients?therapist={THERAPIST}", token=READER)
-    assert [c["client_id"] for c in listed["clients"]] == [cid]
+    assert sorted(c["client_id"] for c in listed["clients"]) == sorted([cid, first["client_id"]])
     status, patched = await stack.call("PATCH", f"/clients/{cid}", {"email": "new@x.org"})
     assert status == 200 and patched["email"] == "new@x.org"
     status, patched = await stack.call("PATCH", f"/clients/{cid}", {"email": None})
