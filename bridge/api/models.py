@@ -30,7 +30,11 @@ MatrixUserId = Annotated[
 ]
 Email = Annotated[
     str,
-    StringConstraints(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s.]+$", max_length=254),
+    # No control characters (PostgreSQL refuses NUL in text; none belongs in an address).
+    StringConstraints(
+        pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s.\x00-\x1f\x7f]+$",
+        max_length=254,
+    ),
     Field(description="An email address"),
 ]
 FullName = Annotated[

@@ -133,6 +133,8 @@ async def test_bad_input_says_what_and_where_and_creates_nothing(stack: Stack) -
     cases: list[tuple[Any, list[Any]]] = [
         ({"therapist": THERAPIST}, ["body", "full_name"]),
         ({"full_name": "Jane", "therapist": THERAPIST, "email": "nope"}, ["body", "email"]),
+        ({"full_name": "Jane", "therapist": THERAPIST, "email": "a\x00b@x.org"}, ["body", "email"]),
+        ({"full_name": "Ja\x00ne", "therapist": THERAPIST}, ["body", "full_name"]),
         ({"full_name": "Jane", "therapist": THERAPIST, "age": 3}, ["body", "age"]),
         ({"full_name": "1234", "therapist": THERAPIST}, ["body", "full_name"]),
         ({"full_name": "Jane", "therapist": 7}, ["body", "therapist"]),
