@@ -312,6 +312,12 @@ class ApiHandlers:
 # --------------------------------------------------------------------------- the application
 
 
+def _route(request: web.Request) -> str:
+    """The route's template, for logs: a calendar feed's path holds its secret token."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "(no route)"
+
+
 def _authenticate(request: web.Request, tokens: tuple[ApiToken, ...]) -> ApiToken:
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
@@ -386,14 +392,14 @@ class Api:
                 ).response()
             raise
         except MatrixSendError as e:
-            log.warning("API %s %s: the homeserver failed: %s", request.method, request.path, e)
+            log.warning("API %s %s: the homeserver failed: %s", request.method, _route(request), e)
             return web.json_response(
                 {"error": {"code": "homeserver_unavailable", "message": "Try again later"}},
                 status=503,
                 headers={"Retry-After": "5"},
             )
         except Exception:  # a bug: logged (no request body), answered in JSON
-            log.exception("API %s %s failed", request.method, request.path)
+            log.exception("API %s %s failed", request.method, _route(request))
             return web.json_response(
                 {"error": {"code": "internal", "message": "Alcove failed; see its log"}},
                 status=500,

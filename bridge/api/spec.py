@@ -153,6 +153,7 @@ _ERROR_TEXT = {
     403: "The token lacks the scope",
     404: "Not found",
     409: "Conflicts with the current state",
+    413: "The body is larger than 64 KiB",
     422: "Invalid: the details say what and where",
 }
 
@@ -195,7 +196,11 @@ def openapi_document() -> dict[str, Any]:
             if model is not None:
                 parameters += _parameters(model, where, schemas)
         error_ref = refs[(m.ErrorResponse, "serialization")]
-        errors = sorted({400, 422, *op.errors} | ({401, 403} if op.scope else set()))
+        errors = sorted(
+            {400, 422, *op.errors}
+            | ({401, 403} if op.scope else set())
+            | ({413} if op.body else set())
+        )
         responses: dict[str, Any] = {
             str(code): {
                 "description": _ERROR_TEXT[code],

@@ -6,6 +6,7 @@ checked-in OpenAPI document is the generated one."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -87,7 +88,10 @@ async def stack(harnesses: Harnesses, tmp_path: Path) -> AsyncIterator[Stack]:
     h = await harnesses.build(config, gateway, FakeClock())
     bot = h.bot
     handlers = ApiHandlers(config, h.db, bot.conversations, bot.sessions, bot.audit, h.clock)
-    async with TestClient(TestServer(Api(config, handlers).app())) as client:
+    # As bridge/app.py runs it: no access log (a calendar feed's URL holds its token).
+    server = TestServer(Api(config, handlers).app())
+    await server.start_server(access_log=None)
+    async with TestClient(server) as client:
         yield Stack(client, h, gateway)
 
 
@@ -108,7 +112,8 @@ async def test_the_checked_in_openapi_document_is_the_generated_one(stack: Stack
     assert "Idempotency-Key" in json.dumps(doc["paths"]["/_alcove/v1/bookings"]["post"])
 
 
-async def test_tokens_and_scopes(stack: Stack) -> None:
+async def test_tokens_and_scopes(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     async with stack.client.get(f"/_alcove/v1/clients?therapist={THERAPIST}") as resp:
         assert resp.status == 401
         assert resp.headers["WWW-Authenticate"] == "Bearer"
@@ -127,6 +132,13 @@ async def test_tokens_and_scopes(stack: Stack) -> None:
     assert status == 404 and body["error"]["code"] == "not_found"
     status, body = await stack.call("PUT", "/clients")
     assert status == 405 and body["error"]["code"] == "method_not_allowed"
+    status, body = await stack.call("POST", "/clients", raw=b"x" * 70_000)
+    assert status == 413 and body["error"]["code"] == "too_large"
+    async with stack.client.get(f"/_alcove/v1/calendar/{FEED}") as resp:
+        assert resp.status == 200
+    # No token is ever logged, not even the calendar's (it is in its URL).
+    for secret in (WRITER, READER, FEED, "x" * 40):
+        assert secret not in caplog.text
 
 
 async def test_bad_input_says_what_and_where_and_creates_nothing(stack: Stack) -> None:

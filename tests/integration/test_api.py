@@ -168,3 +168,9 @@ async def test_api_bookings_feed_and_erasure(
     done = await therapist.wait_for(from_bot(mgmt, f"Erased {omar.user_id}"), timeout=30)
     assert "Omar" not in done["content"]["body"]
     await assert_erased(http, synapse, therapist, alcove_db, omar, "Omar Command")
+
+    # No token in Alcove's log (at DEBUG), not even the calendar's, which is in its URL.
+    logged = alcove.log_path.read_text() + alcove.output()
+    dev = synapse.dev_secrets
+    assert "API listening on" in logged
+    assert dev["api_token"] not in logged and dev["calendar_token"] not in logged
