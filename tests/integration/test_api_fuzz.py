@@ -34,8 +34,8 @@ from bridge.devstack import DevStack
 from tests.support.alcove_process import AlcoveProcess
 from tests.support.scenario import THERAPIST
 
-EXAMPLES = 10
-"""Per operation and mode; with 10 operations and two modes, 200 requests per run."""
+EXAMPLES = 8
+"""Per operation and mode; with 10 operations and two modes, 160 requests per run."""
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
