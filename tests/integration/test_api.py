@@ -6,9 +6,10 @@ left, the 1:1 renamed), Alcove's database (rows gone) and the audit log (IDs onl
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import aiohttp
@@ -79,12 +80,37 @@ async def assert_erased(
     assert len(erased) == 1
 
 
+async def receipt_of_an_ended_session(
+    api: Api, therapist: MatrixUser, mgmt: str, omar_client: MatrixUser, alcove_db: Database
+) -> None:
+    """A session with the client, ended with !end: its deletion receipt as JSON."""
+    await therapist.send_text(mgmt, "!session Omar now for 30m")
+    opened = await therapist.wait_for(from_bot(mgmt, "is open until"), timeout=30, fresh=True)
+    room = opened["content"]["body"].rsplit("matrix.to/#/", 1)[1].strip()
+    session_id = await alcove_db.fetchval("SELECT id FROM text_session WHERE room_id = $1", room)
+    status, early, _ = await api.call("GET", f"/bookings/{session_id}/receipt")
+    assert status == 409, early
+    await omar_client.send_text(room, "something private")
+    await therapist.wait_for(lambda e: e.get("room_id") == room and "private" in str(e["content"]))
+    await therapist.send_text(room, "!end")
+    status, receipt = 0, cast(Any, {})
+    deadline = asyncio.get_running_loop().time() + 60
+    while status != 200 and asyncio.get_running_loop().time() < deadline:
+        status, receipt, _ = await api.call("GET", f"/bookings/{session_id}/receipt")
+        await asyncio.sleep(0.3)
+    assert status == 200, receipt
+    assert receipt["status"] == "complete" and receipt["room_id"] == room
+    assert receipt["messages_purged"] >= 1 and receipt["reason"] == "ended by the therapist"
+    assert "private" not in json.dumps(receipt)
+
+
 async def test_api_bookings_feed_and_erasure(
     alcove: AlcoveProcess,
     therapist: MatrixUser,
     synapse: DevStack,
     http: aiohttp.ClientSession,
     alcove_db: Database,
+    db_url: str,
 ) -> None:
     api = Api(http, synapse)
     mgmt = await management_room(therapist)
@@ -157,9 +183,14 @@ async def test_api_bookings_feed_and_erasure(
     status, _, _ = await api.call("GET", f"/clients/{quote(nora.user_id)}")
     assert status == 404
 
-    # Erasure as a bot command: the question (with the name) in the management room; !yes.
     omar = await add_client(therapist, mgmt, "Omar Command")
-    await login(http, synapse, omar)
+    omar_client = await login(http, synapse, omar)
+    # A real session's end takes ~20 s: on SQLite only (the receipt's query is checked on both
+    # databases by the component tests, tests/component/test_api.py).
+    if db_url.startswith("sqlite"):
+        await receipt_of_an_ended_session(api, therapist, mgmt, omar_client, alcove_db)
+
+    # Erasure as a bot command: the question (with the name) in the management room; !yes.
     await therapist.send_text(omar.room_id, f"!client erase {omar.user_id}")
     await therapist.wait_for(from_bot(omar.room_id, "in your management room"))
     await therapist.send_text(mgmt, f"!client erase {omar.user_id}")
