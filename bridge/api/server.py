@@ -312,6 +312,17 @@ class ApiHandlers:
 # --------------------------------------------------------------------------- the application
 
 
+def _combined(errors: list[ApiError]) -> ApiError:
+    """One answer for every invalid part (a body that is not JSON: 400, else 422)."""
+    if len(errors) == 1:
+        return errors[0]
+    details = [d for e in errors for d in e.details]
+    status = 400 if any(e.status == 400 for e in errors) else 422
+    code = "invalid_json" if status == 400 else "invalid_request"
+    summary = "; ".join(e.message for e in errors)
+    return ApiError(status, code, summary, details)
+
+
 def _route(request: web.Request) -> str:
     """The route's template, for logs: a calendar feed's path holds its secret token."""
     resource = request.match_info.route.resource
@@ -415,13 +426,23 @@ class Api:
                 if op.scope not in token.scopes:
                     raise ApiError(403, "forbidden", f"This token lacks the scope {op.scope}")
             call = Call(token)
-            call.params = _validate(op.params, dict(request.match_info), "path")
-            call.query = _validate(op.query, _query(request, op.query), "query")
             if op.query is None and request.query:
                 raise invalid(["query", next(iter(request.query))], "unknown parameter")
-            call.header = _validate(op.header, _header(request, op.header), "header")
             raw = await request.read() if op.body is not None else b""
-            call.body = _validate(op.body, raw, "body")
+            errors: list[ApiError] = []  # every part checked: all that is wrong, at once
+            parts = (
+                ("params", op.params, dict(request.match_info), "path"),
+                ("query", op.query, _query(request, op.query), "query"),
+                ("header", op.header, _header(request, op.header), "header"),
+                ("body", op.body, raw, "body"),
+            )
+            for attribute, model, data, where in parts:
+                try:
+                    setattr(call, attribute, _validate(model, data, where))
+                except ApiError as e:
+                    errors.append(e)
+            if errors:
+                raise _combined(errors)
             if getattr(call.header, "idempotency_key", None) is not None:
                 return await self._idempotent(op, call, method)
             status, result = await method(call)

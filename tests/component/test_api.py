@@ -162,6 +162,13 @@ async def test_bad_input_says_what_and_where_and_creates_nothing(stack: Stack) -
     assert locs(answer) == [["body"]]
     status, answer = await stack.call("GET", "/clients")
     assert status == 422 and locs(answer) == [["query", "therapist"]]
+    # Every invalid part at once: header and body.
+    status, answer = await stack.call("POST", "/bookings", {"duration_minutes": 0})
+    assert status == 422
+    assert {("header", "Idempotency-Key"), ("body", "therapist"), ("body", "start")} <= {
+        tuple(loc) for loc in locs(answer)
+    }
+    assert ["body", "duration_minutes"] in locs(answer)
     status, answer = await stack.call("GET", "/bookings/abc/receipt")
     assert status == 422 and locs(answer) == [["path", "booking_id"]]
     # Nothing was created by any of them.
