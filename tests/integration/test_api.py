@@ -1,26 +1,37 @@
 """The HTTP API (issue 13) against a real Alcove on a real Synapse, both databases: a booking
 for a new client (the client, their 1:1, the welcome and the booking notice, as the client
-reads them), its Idempotency-Key, the calendar feed, the email update, and erasure — through
-the API and through `!client erase` + `!yes` — seen from the homeserver (login refused, rooms
-left, the 1:1 renamed), Alcove's database (rows gone) and the audit log (IDs only)."""
+reads them), its Idempotency-Key, the calendar feed, the email update, a deletion receipt, and
+erasure — through the API and through `!client erase` + `!yes` — seen from the homeserver
+(login refused, rooms left, the 1:1 renamed), Alcove's database (rows gone) and the audit log
+(IDs only); the webhooks those events sent; no token in Alcove's log."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, cast
 from urllib.parse import quote
 
 import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from icalendar import Calendar
 from mautrix.errors import MatrixRequestError
 from mautrix.util.async_db import Database
+from ruamel.yaml import YAML
 
 from bots.features.conversations.service import ERASED_ROOM_NAME
 from bridge.devstack import DevStack
+from bridge.registration import dump_yaml
 from tests.support.alcove_process import AlcoveProcess
 from tests.support.matrix_client import MatrixUser
+from tests.support.proxy import FaultProxy
 from tests.support.scenario import (
     THERAPIST,
     Added,
@@ -30,6 +41,66 @@ from tests.support.scenario import (
     management_room,
     parse_added,
 )
+
+WEBHOOK_SECRET = "w" * 40
+
+
+class Receiver:
+    """A practice's webhook endpoint: records every POST."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict[str, str], bytes]] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.received.append((dict(request.headers), await request.read()))
+        return web.Response(status=204)
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for headers, body in self.received:
+            t, v1 = (p.split("=", 1)[1] for p in headers["Alcove-Signature"].split(","))
+            mac = hmac.new(WEBHOOK_SECRET.encode(), f"{t}.".encode() + body, hashlib.sha256)
+            assert hmac.compare_digest(mac.hexdigest(), v1), headers
+            out.append(json.loads(body))
+        return out
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
+    found = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", found.handle)
+    async with TestServer(app) as server:
+        yield found, str(server.make_url("/hook"))
+
+
+@pytest.fixture
+async def alcove_hooked(
+    synapse: DevStack,
+    proxy: FaultProxy,
+    db_url: str,
+    tmp_path: Path,
+    receiver: tuple[Receiver, str],
+) -> AsyncIterator[AlcoveProcess]:
+    """Alcove as the `alcove` fixture runs it, with a webhook to ``receiver`` in its config (a
+    copy of the dev stack's, beside it so that its relative paths still resolve)."""
+    data = YAML(typ="safe").load(synapse.config_path.read_text())
+    data["api"]["webhooks"] = [
+        {"name": "crm", "url": receiver[1], "secret": WEBHOOK_SECRET},
+    ]
+    data["api"]["webhook_retry_seconds"] = 0.2
+    path = synapse.state_dir / "config-webhooks.yaml"
+    path.write_text(dump_yaml(data))
+    process = AlcoveProcess(
+        path,
+        proxy.url,
+        db_url,
+        synapse.dev_secrets["as_port"],
+        tmp_path / "alcove.log",
+    )
+    await process.start()
+    yield process
+    await process.stop()
 
 
 class Api:
@@ -105,7 +176,8 @@ async def receipt_of_an_ended_session(
 
 
 async def test_api_bookings_feed_and_erasure(
-    alcove: AlcoveProcess,
+    alcove_hooked: AlcoveProcess,
+    receiver: tuple[Receiver, str],
     therapist: MatrixUser,
     synapse: DevStack,
     http: aiohttp.ClientSession,
@@ -201,7 +273,25 @@ async def test_api_bookings_feed_and_erasure(
     await assert_erased(http, synapse, therapist, alcove_db, omar, "Omar Command")
 
     # No token in Alcove's log (at DEBUG), not even the calendar's, which is in its URL.
-    logged = alcove.log_path.read_text() + alcove.output()
+    logged = alcove_hooked.log_path.read_text() + alcove_hooked.output()
     dev = synapse.dev_secrets
     assert "API listening on" in logged
     assert dev["api_token"] not in logged and dev["calendar_token"] not in logged
+    assert WEBHOOK_SECRET not in logged
+
+    # The webhooks: each client created (by the API and by the command), and the ended session
+    # (on SQLite), signed, IDs only, in order.
+    hooks, expected = receiver[0], [nora.user_id, omar.user_id]
+    sessions_ended = 1 if db_url.startswith("sqlite") else 0
+    deadline = asyncio.get_running_loop().time() + 20
+    while asyncio.get_running_loop().time() < deadline:
+        created = [e["client_id"] for e in hooks.events() if e["event"] == "client.created"]
+        ended = [e for e in hooks.events() if e["event"] == "session.ended"]
+        if created == expected and len(ended) == sessions_ended:
+            break
+        await asyncio.sleep(0.2)
+    assert created == expected, hooks.events()
+    assert len(ended) == sessions_ended, hooks.events()
+    sent = json.dumps(hooks.events())
+    for name in ("Nora", "Omar", "private"):
+        assert name not in sent
