@@ -12,6 +12,8 @@ import aiohttp
 from aiohttp import web
 from mautrix.util.async_db import Database
 
+from .api.server import Api, ApiHandlers
+from .api.webhooks import Webhooks
 from .clock import Clock, SystemClock
 from .config import Config
 from .crypto.machine import Crypto
@@ -39,6 +41,8 @@ class Alcove:
         self.db: Database | None = None
         self.session: aiohttp.ClientSession | None = None
         self.runner: web.AppRunner | None = None
+        self.api_runner: web.AppRunner | None = None
+        self.webhooks: Webhooks | None = None
         self.web: web.Application | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self.runtime: Runtime | None = None
@@ -92,7 +96,38 @@ class Alcove:
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
         self.web[READY].update(ready=True, reason="")
         self.metrics.ready.set(1)
+        if cfg.api.enabled:
+            await self._start_api()
+        if cfg.api.webhooks:
+            assert self.db is not None and self.session is not None
+            self.webhooks = Webhooks(cfg, self.db, self.session, self.clock)
+            await self.webhooks.start()
         log.info("Alcove is ready as %s", cfg.bot_user_id)
+
+    async def _start_api(self) -> None:
+        """The HTTP API on its own listener, once everything it calls is running."""
+        cfg, bot = self.config, self.bot
+        assert self.db is not None
+        handlers = ApiHandlers(cfg, self.db, bot.conversations, bot.sessions, bot.audit, self.clock)
+        self.api_runner = web.AppRunner(
+            Api(cfg, handlers).app(), handle_signals=False, access_log=None
+        )
+        await self.api_runner.setup()
+        site = web.TCPSite(self.api_runner, cfg.api.host, cfg.api.port)
+        try:
+            await site.start()
+        except OSError as e:
+            raise StartupError(
+                f"Cannot listen on {cfg.api.host}:{cfg.api.port} for the API ({e}): is api.port "
+                "taken?"
+            ) from None
+        log.info(
+            "API listening on http://%s:%d/_alcove/v1/ (%d tokens, %d calendar feeds)",
+            cfg.api.host,
+            cfg.api.port,
+            len(cfg.api.tokens),
+            len(cfg.api.calendars),
+        )
 
     def _room_key_arrived(self, session_id: str) -> None:
         """Encrypted events waiting for this Megolm session are handled now."""
@@ -121,6 +156,10 @@ class Alcove:
         log.info("Shutting down")
         if self.web is not None and READY in self.web:
             self.web[READY].update(ready=False, reason="shutting down")
+        if self.api_runner is not None:
+            await self.api_runner.cleanup()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             await asyncio.gather(self._housekeeping, return_exceptions=True)

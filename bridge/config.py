@@ -35,6 +35,7 @@ FROM_REGISTRATION = "from-registration"
 _PLACEHOLDER = re.compile(r"CHANGE_?ME|(^|[.:@])example\.(org|com|net)$", re.IGNORECASE)
 _USER_ID = re.compile(r"^@[a-z0-9._=\-/+]+:[A-Za-z0-9.\-]+(:\d+)?$")
 _LOCALPART = re.compile(r"^[a-z0-9._=\-/]+$")
+_TOKEN_NAME = re.compile(r"^[a-z0-9_-]{1,64}$")
 _PHRASE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 WELCOME_PLACEHOLDERS = frozenset({"client_first_name", "therapist_name", "practice_name"})
@@ -222,6 +223,55 @@ class EncryptionConfig:
         return self.enabled and kind in self.rooms
 
 
+API_SCOPES = ("clients:write", "bookings:write", "read")
+MIN_SECRET_LENGTH = 32
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """One integration's bearer token (a booking system, a practice-management system)."""
+
+    name: str
+    token: str = field(repr=False)
+    scopes: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class CalendarFeed:
+    """A therapist's iCalendar feed of upcoming sessions at a secret URL."""
+
+    therapist: str
+    token: str = field(repr=False)
+
+
+WEBHOOK_EVENTS = {"client.created": "client.created", "session.ended": "session.purged"}
+"""Webhook event name → the audit-log action it is read from."""
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """Events POSTed to a URL, signed with HMAC-SHA256 of the secret."""
+
+    name: str
+    url: str
+    secret: str = field(repr=False)
+    events: frozenset[str] = frozenset(WEBHOOK_EVENTS)
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """The HTTP API (issue 13) on its own listener, apart from the appservice's."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 29332
+    tokens: tuple[ApiToken, ...] = ()
+    calendars: tuple[CalendarFeed, ...] = ()
+    webhooks: tuple[Webhook, ...] = ()
+    webhook_retry_seconds: float = 5.0
+    """The first retry of a failed delivery; doubled each time, at most an hour."""
+
+
 @dataclass(frozen=True)
 class Config:
     homeserver: HomeserverConfig
@@ -236,6 +286,7 @@ class Config:
     away: AwayConfig = field(default_factory=AwayConfig)
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
     path: Path | None = None
 
     @property
@@ -451,7 +502,9 @@ def _practice(s: _Section) -> PracticeConfig:
     tz_name = s.text("timezone", "UTC")
     try:
         tz = ZoneInfo(tz_name)
-    except (ZoneInfoNotFoundError, ValueError):
+    # OSError: with the tzdata package installed (icalendar needs it) a folder name such as
+    # "Europe" raises IsADirectoryError instead of ZoneInfoNotFoundError.
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise ConfigError(
             s.key("timezone"), f"unknown time zone {tz_name!r}; use an IANA name like Europe/London"
         ) from None
@@ -606,6 +659,96 @@ def _encrypted_rooms(s: _Section) -> frozenset[str]:
     return frozenset(kind for kind in ROOM_KINDS if s.flag(kind, kind in ENCRYPTED_BY_DEFAULT))
 
 
+def _secret(s: _Section, name: str) -> str:
+    value = s.text(name)
+    if len(value) < MIN_SECRET_LENGTH:
+        raise ConfigError(
+            s.key(name),
+            f"must be at least {MIN_SECRET_LENGTH} characters (it is a password); generate one "
+            "with: python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+        )
+    return value
+
+
+def _list(data: Any, path: str) -> list[Any]:
+    if data is None:
+        return []
+    if not isinstance(data, list):
+        raise ConfigError(path, f"must be a list, got {type(data).__name__}")
+    return data
+
+
+def _api(s: _Section, staff: tuple[StaffMember, ...], appservice: AppserviceConfig) -> ApiConfig:
+    d = ApiConfig()
+    tokens: list[ApiToken] = []
+    for i, item in enumerate(_list(s.raw("tokens", None), s.key("tokens"))):
+        t = _Section(item, f"{s.key('tokens')}[{i}]")
+        name = t.text("name")
+        if not _TOKEN_NAME.match(name):
+            raise ConfigError(t.key("name"), "may only use a-z, 0-9, - and _ (max 64)")
+        secret = _secret(t, "token")
+        scopes = t.raw("scopes")
+        if not isinstance(scopes, list) or not scopes:
+            raise ConfigError(t.key("scopes"), f"must be a list of: {', '.join(API_SCOPES)}")
+        for scope in scopes:
+            if scope not in API_SCOPES:
+                raise ConfigError(
+                    t.key("scopes"), f"unknown scope {scope!r}; use {', '.join(API_SCOPES)}"
+                )
+        if any(o.name == name for o in tokens):
+            raise ConfigError(t.key("name"), f"{name!r} is used by another token")
+        if any(o.token == secret for o in tokens):
+            raise ConfigError(t.key("token"), "is the same as another token's: one per integration")
+        t.warn_unknown()
+        tokens.append(ApiToken(name, secret, frozenset(scopes)))
+    therapists = {m.user_id for m in staff if m.role == "therapist"}
+    calendars: list[CalendarFeed] = []
+    for i, item in enumerate(_list(s.raw("calendars", None), s.key("calendars"))):
+        c = _Section(item, f"{s.key('calendars')}[{i}]")
+        therapist = c.text("therapist", placeholder_ok=True)
+        if therapist not in therapists:
+            raise ConfigError(c.key("therapist"), f"{therapist!r} is no therapist under staff")
+        secret = _secret(c, "token")
+        if any(o.token == secret for o in calendars) or any(o.token == secret for o in tokens):
+            raise ConfigError(c.key("token"), "is the same as another token's")
+        c.warn_unknown()
+        calendars.append(CalendarFeed(therapist, secret))
+    webhooks: list[Webhook] = []
+    for i, item in enumerate(_list(s.raw("webhooks", None), s.key("webhooks"))):
+        w = _Section(item, f"{s.key('webhooks')}[{i}]")
+        name = w.text("name")
+        if any(o.name == name for o in webhooks):
+            raise ConfigError(w.key("name"), f"{name!r} is used by another webhook")
+        url = w.text("url")
+        if urlparse(url).scheme not in ("http", "https") or not urlparse(url).netloc:
+            raise ConfigError(w.key("url"), f"must be an http(s):// URL, got {url!r}")
+        secret = _secret(w, "secret")
+        events = w.raw("events", sorted(WEBHOOK_EVENTS))
+        if not isinstance(events, list) or not events:
+            raise ConfigError(w.key("events"), f"must be a list of: {', '.join(WEBHOOK_EVENTS)}")
+        for event in events:
+            if event not in WEBHOOK_EVENTS:
+                raise ConfigError(
+                    w.key("events"), f"unknown event {event!r}; use {', '.join(WEBHOOK_EVENTS)}"
+                )
+        w.warn_unknown()
+        webhooks.append(Webhook(name, url, secret, frozenset(events)))
+    api = ApiConfig(
+        enabled=s.flag("enabled", d.enabled),
+        host=s.text("host", d.host),
+        port=s.integer("port", d.port, low=1, high=65535),
+        tokens=tuple(tokens),
+        calendars=tuple(calendars),
+        webhooks=tuple(webhooks),
+        webhook_retry_seconds=s.number("webhook_retry_seconds", d.webhook_retry_seconds, low=0.01),
+    )
+    if api.enabled and api.port == appservice.port:
+        raise ConfigError(
+            s.key("port"), f"must differ from appservice.port ({appservice.port}): its own listener"
+        )
+    return api
+
+
 # --------------------------------------------------------------------------- entry points
 
 
@@ -615,12 +758,14 @@ def parse_config(
     """Validate a loaded YAML tree into a Config. ``base`` resolves relative paths."""
     root = _Section(data, "")
     hs = _read(root.section("homeserver"), lambda s: _homeserver(s, base))
+    appservice = _read(root.section("appservice"), lambda s: _appservice(s, base, need_tokens))
+    staff = _staff(root.raw("staff", None), hs.domain)
     config = Config(
         homeserver=hs,
-        appservice=_read(root.section("appservice"), lambda s: _appservice(s, base, need_tokens)),
+        appservice=appservice,
         database=_read(root.section("database", required=False), lambda s: _database(s, base)),
         practice=_read(root.section("practice"), _practice),
-        staff=_staff(root.raw("staff", None), hs.domain),
+        staff=staff,
         logging=_read(root.section("logging", required=False), lambda s: _logging(s, base)),
         inbox=_read(root.section("inbox", required=False), _inbox),
         phrases=_phrases(root.raw("phrases", None)),
@@ -628,6 +773,7 @@ def parse_config(
         away=_read(root.section("away", required=False), _away),
         sessions=_read(root.section("sessions", required=False), _sessions),
         encryption=_read(root.section("encryption", required=False), _encryption),
+        api=_read(root.section("api", required=False), lambda s: _api(s, staff, appservice)),
         path=path,
     )
     root.warn_unknown()

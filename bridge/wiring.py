@@ -121,7 +121,7 @@ def build_bot(
         [
             *CORE_COMMANDS,
             *confirmations.specs(),
-            *ConversationCommands(conversations, confirmations).specs(),
+            *ConversationCommands(conversations, confirmations, sessions.live_with).specs(),
             *blasts.specs(),
             *ScheduleCommands(schedule, conversations).specs(),
             *PhraseCommands(

@@ -45,8 +45,17 @@ class AuditLog:
             json.dumps(detail, sort_keys=True),
         )
 
-    async def entries(self, action: str | None = None) -> list[AuditEntry]:
-        if action is None:
+    async def entries(
+        self, action: str | None = None, target: str | None = None
+    ) -> list[AuditEntry]:
+        if action is not None and target is not None:
+            rows = await self.db.fetch(
+                "SELECT at, actor, action, target, room_id, detail FROM audit"
+                " WHERE action = $1 AND target = $2 ORDER BY id",
+                action,
+                target,
+            )
+        elif action is None:
             rows = await self.db.fetch(
                 "SELECT at, actor, action, target, room_id, detail FROM audit ORDER BY id"
             )

@@ -78,6 +78,10 @@ class MatrixGateway(Protocol):
 
     async def forget(self, user_id: str, room_id: str) -> None: ...
 
+    async def deactivate(self, user_id: str, erase: bool) -> None:
+        """Deactivate an account (admin API); ``erase``: GDPR erasure of its profile and, for
+        users who join later, its messages. Idempotent."""
+
     async def send_state(
         self, sender: str, room_id: str, event_type: str, state_key: str, content: dict[str, Any]
     ) -> str: ...

@@ -296,6 +296,17 @@ class MautrixGateway:
     async def forget(self, user_id: str, room_id: str) -> None:
         await self.call(self.api_for(user_id), Method.POST, f"{self._room(room_id)}/forget", {})
 
+    async def deactivate(self, user_id: str, erase: bool) -> None:
+        # The admin API, as the bot (a server admin): the client-server
+        # /account/deactivate needs user-interactive auth that an appservice user cannot give
+        # on Synapse 1.163 unless masquerading, and takes no erasure of another account.
+        await self.call(
+            self.bot_api,
+            Method.POST,
+            f"/_synapse/admin/v1/deactivate/{quote(user_id, safe='')}",
+            {"erase": erase},
+        )
+
     async def send_state(
         self, sender: str, room_id: str, event_type: str, state_key: str, content: dict[str, Any]
     ) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -415,3 +416,49 @@ async def test_session_cancel_killed_before_telling_the_clients(
     anna_room = clients[0][1]
     told = [b for b in world.gateway.bodies(anna_room) if "is cancelled" in b]
     assert len(told) == 1
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["before-the-erasure", "before-the-reply"])
+async def test_client_erase_killed_after_yes_erases_once_and_replies(
+    world: World, monkeypatch: pytest.MonkeyPatch, after: bool
+) -> None:
+    """`!client erase`, `!yes`, and Alcove dies before the erasure ran or after it, before the
+    reply: the replayed `!yes` finishes it (or finds it done) and gives the same reply."""
+    first = await world.start()
+    clients = await clients_of(first, NAMES)
+    anna = clients[0][0]
+    await first.bot.conversations.create_group(THERAPIST, "Circle", [anna], "$group")
+    # Outside the management room the question (it names the client) is not asked.
+    await first.inbox.accept("t0", [message(clients[0][1], THERAPIST, "!client erase Anna", "$x")])
+    await first.settle()
+    assert "in your management room" in world.replies("$x")[0]
+    # A booked session holds the erasure back.
+    session = await first.bot.sessions.book(
+        THERAPIST, [anna], first.clock.now() + timedelta(days=1), 30, "$book"
+    )
+    await first.inbox.accept("t1", [message(MGMT, THERAPIST, "!client erase Anna", "$e1")])
+    await first.settle()
+    assert f"#{session.id}" in world.replies("$e1")[0]
+    await first.bot.sessions.cancel(THERAPIST, session.id)
+    await first.inbox.accept("t2", [message(MGMT, THERAPIST, "!client erase Anna", "$e2")])
+    await first.settle()
+    assert world.replies("$e2")[0].startswith(f"Erase Anna Bell ({anna.user_id}) for good?")
+    with monkeypatch.context() as patch:
+        crash_when(patch, first.bot.conversations, "erase_client", after=after)
+        await world.crash(first, message(MGMT, THERAPIST, "!yes", "$yes"))
+    assert world.gateway.deactivated == ([(anna.user_id, True)] if after else [])
+
+    second = await world.start()
+    await second.settle()
+    assert world.replies("$yes") == [
+        f"Erased {anna.user_id}: removed from 2 room(s), the account deactivated and erased on "
+        "the homeserver, and deleted from Alcove (the audit log keeps only the ID)."
+    ]
+    assert world.gateway.deactivated == [(anna.user_id, True)]
+    assert await second.bot.conversations.client(anna.user_id) is None
+    erased = [e for e in await second.bot.audit.entries("client.erased")]
+    assert [(e.actor, e.target, e.detail) for e in erased] == [
+        (THERAPIST, anna.user_id, {"rooms": 2})
+    ]
+    # The other clients are untouched.
+    assert len(await second.bot.conversations.clients_of(THERAPIST)) == 2

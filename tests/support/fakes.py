@@ -155,6 +155,7 @@ class RecordingGateway:
     displaynames: dict[str, str] = field(default_factory=dict)
     kicked: list[tuple[str, str]] = field(default_factory=list)
     forgotten: list[tuple[str, str]] = field(default_factory=list)
+    deactivated: list[tuple[str, bool]] = field(default_factory=list)
     invited: list[tuple[str, str]] = field(default_factory=list)
     doublepuppet: bool = True
     existing_users: set[str] = field(default_factory=set)
@@ -193,6 +194,9 @@ class RecordingGateway:
 
     async def forget(self, user_id: str, room_id: str) -> None:
         self.forgotten.append((user_id, room_id))
+
+    async def deactivate(self, user_id: str, erase: bool) -> None:
+        self.deactivated.append((user_id, erase))
 
     async def send_state(
         self, sender: str, room_id: str, event_type: str, state_key: str, content: dict[str, Any]

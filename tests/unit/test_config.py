@@ -472,3 +472,109 @@ def test_an_unknown_room_kind_is_warned_about(
     with caplog.at_level(logging.WARNING, logger="alcove.config"):
         parse({**valid_config(), "encryption": {"rooms": {"one_to_one": True}}}, tmp_path)
     assert "encryption.rooms.one_to_one" in caplog.text
+
+
+# --------------------------------------------------------------------------- the HTTP API
+
+TOKEN = "t" * 32
+
+
+def with_api(**api: Any) -> dict[str, Any]:
+    data = valid_config()
+    data["api"] = api
+    return data
+
+
+def test_api_section_parses_and_never_shows_its_tokens(tmp_path: Path) -> None:
+    config = parse(
+        with_api(
+            enabled=True,
+            port="29400",
+            tokens=[{"name": "booking", "token": TOKEN, "scopes": ["read", "bookings:write"]}],
+            calendars=[{"therapist": f"@alice:{DOMAIN}", "token": "c" * 40}],
+        ),
+        tmp_path,
+    )
+    api = config.api
+    assert api.enabled and api.port == 29400 and api.host == "127.0.0.1"
+    assert api.tokens[0].scopes == frozenset({"read", "bookings:write"})
+    assert api.calendars[0].therapist == f"@alice:{DOMAIN}"
+    assert TOKEN not in repr(config) and "c" * 40 not in repr(config)
+    assert parse(valid_config(), tmp_path).api.enabled is False
+
+
+@pytest.mark.parametrize(
+    ("api", "key", "words"),
+    [
+        (
+            {"tokens": [{"name": "a", "token": "short", "scopes": ["read"]}]},
+            "api.tokens[0].token",
+            "at least 32",
+        ),
+        (
+            {"tokens": [{"name": "a", "token": TOKEN, "scopes": ["write"]}]},
+            "api.tokens[0].scopes",
+            "unknown scope 'write'",
+        ),
+        (
+            {"tokens": [{"name": "a", "token": TOKEN, "scopes": []}]},
+            "api.tokens[0].scopes",
+            "must be a list of",
+        ),
+        (
+            {
+                "tokens": [
+                    {"name": "a", "token": TOKEN, "scopes": ["read"]},
+                    {"name": "a", "token": "u" * 32, "scopes": ["read"]},
+                ]
+            },
+            "api.tokens[1].name",
+            "used by another",
+        ),
+        (
+            {
+                "tokens": [
+                    {"name": "a", "token": TOKEN, "scopes": ["read"]},
+                    {"name": "b", "token": TOKEN, "scopes": ["read"]},
+                ]
+            },
+            "api.tokens[1].token",
+            "same as another",
+        ),
+        ({"tokens": {"name": "a"}}, "api.tokens", "must be a list"),
+        (
+            {"calendars": [{"therapist": f"@bob:{DOMAIN}", "token": TOKEN}]},
+            "api.calendars[0].therapist",
+            "no therapist",
+        ),
+        ({"enabled": True, "port": 29340}, "api.port", "must differ from appservice.port"),
+        (
+            {"webhooks": [{"name": "w", "url": "ftp://x", "secret": TOKEN}]},
+            "api.webhooks[0].url",
+            "http(s)",
+        ),
+        (
+            {"webhooks": [{"name": "w", "url": "https://x/h", "secret": "s"}]},
+            "api.webhooks[0].secret",
+            "at least 32",
+        ),
+        (
+            {
+                "webhooks": [
+                    {
+                        "name": "w",
+                        "url": "https://x/h",
+                        "secret": TOKEN,
+                        "events": ["client.deleted"],
+                    }
+                ]
+            },
+            "api.webhooks[0].events",
+            "unknown event",
+        ),
+    ],
+)
+def test_api_errors_name_the_key(tmp_path: Path, api: dict[str, Any], key: str, words: str) -> None:
+    error = error_of(with_api(**api), tmp_path)
+    assert error.path == key, error
+    assert words in error.message, error.message

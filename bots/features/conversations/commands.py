@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ...bot_types import notice
 from ...commands.args import CLIENT, TITLE, WORDS, Arg, Flag, Kind, Sub, UsageError, UserError
 from ...commands.confirm import Confirmations
 from ...commands.context import CommandContext
@@ -31,12 +31,37 @@ EMAIL = Kind("ADDR", _email)
 EMAIL_OR_OFF = Kind("ADDR|off", _email_or_off)
 
 
+LiveSessions = Callable[[str], Awaitable[list[int]]]
+
+
+def erasure_blocked(sessions: list[int]) -> str:
+    listed = ", ".join(f"#{n}" for n in sessions)
+    return (
+        f"This client is booked in session(s) {listed} that have not ended: cancel them "
+        "(!session cancel <id>) or wait for their end, then erase."
+    )
+
+
+def erased_text(client_id: str, rooms: int) -> str:
+    return (
+        f"Erased {client_id}: removed from {rooms} room(s), the account deactivated and erased "
+        "on the homeserver, and deleted from Alcove (the audit log keeps only the ID)."
+    )
+
+
 class ConversationCommands:
-    def __init__(self, service: ConversationService, confirmations: Confirmations) -> None:
+    def __init__(
+        self,
+        service: ConversationService,
+        confirmations: Confirmations,
+        live_sessions: LiveSessions | None = None,
+    ) -> None:
         self.service = service
         self.confirm = confirmations
+        self.live_sessions = live_sessions
         confirmations.register("group.add", self._confirmed_add)
         confirmations.register("group.remove", self._confirmed_remove)
+        confirmations.register("client.erase", self._confirmed_erase)
 
     def specs(self) -> list[CommandSpec]:
         client = Arg("client", CLIENT)
@@ -44,7 +69,8 @@ class ConversationCommands:
             CommandSpec(
                 "client",
                 None,
-                "add a client (account + 1:1 room), list yours, set their email notifications",
+                "add a client (account + 1:1 room), list yours, set their email notifications, "
+                "or erase one for good",
                 roles=THERAPIST,
                 subs=(
                     Sub(
@@ -57,6 +83,7 @@ class ConversationCommands:
                     ),
                     Sub("list", self._client_list),
                     Sub("email", self._client_email, (client, Arg("email", EMAIL_OR_OFF))),
+                    Sub("erase", self._client_erase, (client,)),
                 ),
             ),
             CommandSpec(
@@ -122,19 +149,7 @@ class ConversationCommands:
             await ctx.reply(problem + " Add the client without --email, or with another address.")
             return
         new = await self.service.add_client(ctx.sender, full_name, email, ctx.event_id)
-        problem = await self.service.send_secret(
-            ctx.sender,
-            f"secret:{ctx.event_id}",
-            notice(
-                f"Added {new.client.full_name} as {new.client.user_id} "
-                f"(shown to other clients as {new.client.initials}).\n"
-                f"Initial password: {new.password}\n"
-                "Pass it on privately; they can change it after signing in. I will remove this "
-                "message once they have signed in, or after 24 hours. "
-                f"Your conversation: https://matrix.to/#/{new.room.room_id}"
-            ),
-            redact_for=new.client.user_id,
-        )
+        problem = await self.service.introduce(ctx.sender, new, f"secret:{ctx.event_id}")
         mgmt = await self.service.management_room_for(ctx.sender)
         if problem is not None:
             await ctx.reply(problem)
@@ -174,6 +189,44 @@ class ConversationCommands:
             where = f" — {link(room.room_id)}" if room else ""
             lines.append(f"• {c.full_name} ({c.initials}) {c.user_id}{where}")
         await ctx.reply_private("\n".join(lines))
+
+    async def _client_erase(self, ctx: CommandContext) -> None:
+        mgmt = await self.service.management_room_for(ctx.sender)
+        if mgmt != ctx.room_id:  # the question names the client in full
+            where = f": {link(mgmt)}" if mgmt else ""
+            await ctx.reply(f"Please erase clients in your management room with me{where}")
+            return
+        client = await self._client_arg(ctx, ctx.values["client"])
+        if self.live_sessions is not None and (live := await self.live_sessions(client.user_id)):
+            await ctx.reply(erasure_blocked(live))
+            return
+        await self.confirm.ask(
+            ctx,
+            "client.erase",
+            {"client": client.user_id},
+            f"Erase {client.full_name} ({client.user_id}) for good? They are removed from every "
+            "room, their account is deactivated and erased on the homeserver, and Alcove "
+            "forgets their name and email. This cannot be undone.",
+        )
+
+    async def _confirmed_erase(self, ctx: CommandContext, payload: dict[str, Any]) -> None:
+        client_id = str(payload.get("client"))
+        client = await self.service.client(client_id)
+        if client is None:  # a replay of this !yes after the erasure: the same answer
+            rooms = await self.service.erased(client_id)
+            if rooms is None:
+                await ctx.reply("That can no longer be done here.")
+            else:
+                await ctx.reply(erased_text(client_id, rooms))
+            return
+        if client.therapist_id != ctx.sender:
+            await ctx.reply("That can no longer be done here.")
+            return
+        if self.live_sessions is not None and (live := await self.live_sessions(client_id)):
+            await ctx.reply(erasure_blocked(live))
+            return
+        rooms = await self.service.erase_client(client, ctx.sender)
+        await ctx.reply(erased_text(client_id, rooms))
 
     # ------------------------------------------------------------------ !group
 

@@ -256,6 +256,11 @@ class ManagementRooms:
             log.warning("Could not redact secret message %s yet (%s); will retry", key, e)
             self._arm(secret, now + int(self.poll_seconds * 1000))
 
+    async def redact_secrets_of(self, client_id: str, why: str) -> None:
+        """Redact now every message with this client's initial password still readable."""
+        for secret in await self.repo.secrets(client_id):
+            await self._redact(secret, why)
+
     async def _signed_in(self, client_id: str) -> bool:
         devices = await self.gateway.user_devices(client_id)
         # Alcove's own device does not count as the client signing in.

@@ -7,6 +7,8 @@ from typing import Any
 
 from mautrix.util.async_db import Database
 
+from bridge.db.database import transaction
+
 DM, GROUP, CARE, TEAM, MANAGEMENT = "dm", "group", "care", "team", "management"
 
 
@@ -17,6 +19,8 @@ class Client:
     full_name: str
     initials: str
     email: str | None
+    external_id: str | None = None
+    """The id a practice's booking system gave this client (HTTP API); never shown in Matrix."""
 
     @property
     def first_name(self) -> str:
@@ -58,12 +62,14 @@ def _secret(r: Any) -> Secret:
     )
 
 
-_CLIENT = "user_id, therapist_id, full_name, initials, email"
+_CLIENT = "user_id, therapist_id, full_name, initials, email, external_id"
 _ROOM = "room_id, kind, therapist_id, client_id, title"
 
 
-def _client(r: object) -> Client:
-    return Client(r["user_id"], r["therapist_id"], r["full_name"], r["initials"], r["email"])  # type: ignore[index]
+def _client(r: Any) -> Client:
+    return Client(
+        r["user_id"], r["therapist_id"], r["full_name"], r["initials"], r["email"], r["external_id"]
+    )
 
 
 def _room(r: object) -> Room:
@@ -80,12 +86,13 @@ class ConversationRepo:
         """Insert once per originating command event; a retry gets the first row back."""
         await self.db.execute(
             f"INSERT INTO client ({_CLIENT}, origin_event, created_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (origin_event) DO NOTHING",
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (origin_event) DO NOTHING",
             client.user_id,
             client.therapist_id,
             client.full_name,
             client.initials,
             client.email,
+            client.external_id,
             origin_event,
             now_ms,
         )
@@ -108,6 +115,33 @@ class ConversationRepo:
             therapist_id,
         )
         return [_client(r) for r in rows]
+
+    async def client_rooms(self, client_id: str) -> list[str]:
+        """Every room Alcove put the client in: their 1:1 rooms and community rooms."""
+        rows = await self.db.fetch(
+            "SELECT room_id FROM conv_room WHERE client_id = $1 UNION"
+            " SELECT room_id FROM group_member WHERE client_id = $1 AND removed_at IS NULL",
+            client_id,
+        )
+        return sorted(str(r["room_id"]) for r in rows)
+
+    async def forget_client(self, client_id: str) -> None:
+        """Erasure: the client's row (full name, email), their 1:1 rows (titled with the full
+        name), group memberships, secrets, scheduled messages to their 1:1 and the API answers
+        that name their ID. One transaction; the audit log keeps its ID-only rows."""
+        async with transaction(self.db) as conn:
+            dms = await conn.fetch(
+                "SELECT room_id FROM conv_room WHERE client_id = $1 AND kind = $2", client_id, DM
+            )
+            for row in dms:
+                await conn.execute(
+                    "DELETE FROM scheduled_message WHERE room_id = $1", str(row["room_id"])
+                )
+            await conn.execute("DELETE FROM conv_room WHERE client_id = $1", client_id)
+            await conn.execute("DELETE FROM group_member WHERE client_id = $1", client_id)
+            await conn.execute("DELETE FROM secret_message WHERE client_id = $1", client_id)
+            await conn.execute("DELETE FROM api_request WHERE response LIKE $1", f"%{client_id}%")
+            await conn.execute("DELETE FROM client WHERE user_id = $1", client_id)
 
     # ------------------------------------------------------------------ rooms
 

@@ -8,7 +8,7 @@ client or room. Messages go through the outbox with keys derived from the same e
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from bridge.clock import Clock, ms
@@ -24,6 +24,8 @@ from .management import ManagementRooms
 from .repo import CARE, DM, GROUP, TEAM, Client, ConversationRepo, Room
 
 log = logging.getLogger("alcove.conversations")
+
+ERASED_ROOM_NAME = "Former client (erased)"
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,12 @@ class ConversationService:
     # ------------------------------------------------------------------ clients
 
     async def add_client(
-        self, therapist: str, full_name: str, email: str | None, origin_event: str
+        self,
+        therapist: str,
+        full_name: str,
+        email: str | None,
+        origin_event: str,
+        external_id: str | None = None,
     ) -> NewClient:
         """Managed account with an opaque ID, initials as display name, a one-time password,
         and a 1:1 room with the welcome message."""
@@ -139,6 +146,7 @@ class ConversationService:
             full_name=full_name,
             initials=rules.initials(full_name),
             email=email,
+            external_id=external_id,
         )
         client = await self.repo.add_client(candidate, origin_event, ms(self.clock))
         created = client == candidate
@@ -183,7 +191,61 @@ class ConversationService:
             await self.audit.record(
                 actor, "client.email_set" if email else "client.email_removed", client.user_id
             )
-        return Client(client.user_id, client.therapist_id, client.full_name, client.initials, email)
+        return replace(client, email=email)
+
+    async def introduce(self, therapist: str, new: NewClient, key: str) -> str | None:
+        """The new client's full name, ID and initial password to the therapist's management
+        room (the only place they go), redacted once the client has signed in. None when sent,
+        else why not (see ``send_secret``)."""
+        return await self.send_secret(
+            therapist,
+            key,
+            notice(
+                f"Added {new.client.full_name} as {new.client.user_id} "
+                f"(shown to other clients as {new.client.initials}).\n"
+                f"Initial password: {new.password}\n"
+                "Pass it on privately; they can change it after signing in. I will remove this "
+                "message once they have signed in, or after 24 hours. "
+                f"Your conversation: https://matrix.to/#/{new.room.room_id}"
+            ),
+            redact_for=new.client.user_id,
+        )
+
+    async def erase_client(self, client: Client, actor: str) -> int:
+        """The right to be forgotten: the client leaves every room Alcove put them in (kicked,
+        and the room forgotten for them), their 1:1 loses their name, the message with their
+        initial password is redacted if it is still there, their account is
+        deactivated with erasure on the homeserver, and Alcove's database forgets them; the
+        audit log keeps ID-only rows. Each step is idempotent, so a retry after a failure
+        finishes the job. Returns how many rooms they were removed from."""
+        rooms = await self.repo.client_rooms(client.user_id)
+        for room_id in rooms:
+            room = await self.repo.room(room_id)
+            try:
+                await self.gateway.kick(room_id, client.user_id, "Account erased")
+            except PermanentError as e:
+                if e.status not in (403, 404):  # 403: not in the room any more
+                    raise
+            try:
+                await self.gateway.forget(client.user_id, room_id)
+            except PermanentError as e:
+                log.info("Could not forget %s for an erased client: %s", room_id, e)
+            if room is not None and room.kind == DM:  # its name was the client's full name
+                await self.gateway.send_state(
+                    self.bot, room_id, "m.room.name", "", {"name": ERASED_ROOM_NAME}
+                )
+        await self.management.redact_secrets_of(client.user_id, "the client was erased")
+        await self.gateway.deactivate(client.user_id, erase=True)
+        await self.repo.forget_client(client.user_id)
+        await self.audit.record(actor, "client.erased", client.user_id, rooms=len(rooms))
+        log.info("Erased client %s (%d rooms)", client.user_id, len(rooms))
+        return len(rooms)
+
+    async def erased(self, client_id: str) -> int | None:
+        """How many rooms an erased client was removed from, or None if not erased."""
+        for entry in await self.audit.entries("client.erased", client_id):
+            return int(entry.detail.get("rooms", 0))
+        return None
 
     async def resolve_client(self, therapist: str, token: str) -> Client:
         """An opaque ID (full or localpart) or a unique prefix of the full name."""

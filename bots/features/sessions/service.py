@@ -73,6 +73,10 @@ class SessionService(SessionEnding):
     async def by_room(self, room_id: str) -> Session | None:
         return await self.repo.by_room(room_id)
 
+    async def live_with(self, client_id: str) -> list[int]:
+        """Sessions not ended yet that include the client (their erasure waits for these)."""
+        return [s.id for s in await self.repo.unfinished() if client_id in s.clients]
+
     async def pending_purge(self) -> int:
         """How many ended sessions still wait for their purge (a metric)."""
         return await self.repo.pending_purge()
