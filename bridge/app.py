@@ -58,7 +58,7 @@ class Alcove:
         self.bot, self.inbox, self.catchup = rt.bot, rt.inbox, rt.catchup
         if self.crypto is not None:
             self.crypto.on_session = self._room_key_arrived
-            self.crypto.on_devices = self.bot.conversations.send_waiting_welcomes
+            self.crypto.on_devices = self._devices_changed
         self.web = build_web_app(
             rt.endpoint, self.metrics, self.refresh_metrics, cfg.appservice.max_body_size_mib
         )
@@ -98,6 +98,14 @@ class Alcove:
         """Encrypted events waiting for this Megolm session are handled now."""
         if woken := self.inbox.wake(wait_key(session_id)):
             log.debug("A room key arrived for %d waiting events", woken)
+
+    async def _devices_changed(self, users: list[str]) -> None:
+        """A member signed in on a new device (the crypto knows its keys now): what waited for
+        their first device goes — messages the outbox held, in order, then a welcome an older
+        Alcove left unsent."""
+        if released := self.outbox.release(users):
+            log.info("%d held messages go now that a member has a device", released)
+        await self.bot.conversations.send_waiting_welcomes(users)
 
     async def refresh_metrics(self) -> None:
         await self.inbox.refresh_metrics()
