@@ -172,11 +172,13 @@ async def wait_for_text(
     raise AssertionError(f"no decrypted message with {contains!r} within 60 s")
 
 
-async def all_from_bot(nio: E2EEUser, room_id: str, count: int) -> list[RoomMessageText]:
-    """The bot's first ``count`` messages in the room, oldest first, once this device can
-    decrypt them all (their room key must have been sent to it)."""
+async def all_from_bot(
+    nio: E2EEUser, room_id: str, count: int
+) -> list[RoomMessageText | RoomMessageNotice]:
+    """The bot's first ``count`` messages (texts and notices) in the room, oldest first, once
+    this device can decrypt them all (their room key must have been sent to it)."""
     deadline = time.monotonic() + 60
-    seen: list[MegolmEvent | RoomMessageText] = []
+    seen: list[MegolmEvent | RoomMessageText | RoomMessageNotice] = []
     while time.monotonic() < deadline:
         await nio.sync(timeout_ms=1000)
         history = await nio.client.room_messages(room_id, limit=100)
@@ -184,9 +186,9 @@ async def all_from_bot(nio: E2EEUser, room_id: str, count: int) -> list[RoomMess
         seen = [
             e
             for e in reversed(history.chunk)
-            if e.sender == BOT and isinstance(e, MegolmEvent | RoomMessageText)
+            if e.sender == BOT and isinstance(e, MegolmEvent | RoomMessageText | RoomMessageNotice)
         ]
-        readable = [e for e in seen[:count] if isinstance(e, RoomMessageText)]
+        readable = [e for e in seen[:count] if isinstance(e, RoomMessageText | RoomMessageNotice)]
         if len(readable) == count:
             return readable
     raise AssertionError(f"not {count} readable messages of the bot's within 60 s: {seen}")
