@@ -27,6 +27,15 @@ from .wiring import Runtime, build
 log = logging.getLogger("alcove.app")
 
 HOUSEKEEPING_SECONDS = 3600.0
+SETTLE_SECONDS = 10.0
+"""A second catch-up this long after start-up. Synapse marks Alcove down when a push fails
+(Alcove was stopped) and, until its recoverer has sent every stored transaction, stores new
+events without sending them; the start-up ping makes it retry at once, but an event stored
+just as the recoverer finishes can be left behind (synapse/appservice/scheduler.py: the
+"is the service up" read and the recoverer's "nothing left" are not atomic), and to-device
+messages (room keys) arriving while it is marked down are dropped, not stored. The first kind
+is in the room's history: a catch-up once the recovery has settled finds it. (A room key
+dropped that way is asked for again when its message arrives: ``Crypto._request_key``.)"""
 
 
 class Alcove:
@@ -41,6 +50,7 @@ class Alcove:
         self.runner: web.AppRunner | None = None
         self.web: web.Application | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self._settle: asyncio.Task[None] | None = None
         self.runtime: Runtime | None = None
         """Every collaborator, built at once by ``start`` (``bridge.wiring.build``)."""
         self.crypto: Crypto | None = None
@@ -90,6 +100,7 @@ class Alcove:
         except MatrixSendError as e:
             log.error("Could not set up the staff rooms (%s); will try again at the next start", e)
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
+        self._settle = asyncio.create_task(self._settled_catch_up(), name="settle-catch-up")
         self.web[READY].update(ready=True, reason="")
         self.metrics.ready.set(1)
         log.info("Alcove is ready as %s", cfg.bot_user_id)
@@ -112,6 +123,10 @@ class Alcove:
         await self.outbox.refresh_metrics()
         self.metrics.sessions_pending_purge.set(await self.bot.sessions.pending_purge())
 
+    async def _settled_catch_up(self) -> None:
+        await self.clock.sleep(SETTLE_SECONDS)
+        self.catchup.request("after start-up, once the homeserver's recovery has settled")
+
     async def _housekeep(self) -> None:
         while True:
             try:
@@ -129,9 +144,10 @@ class Alcove:
         log.info("Shutting down")
         if self.web is not None and READY in self.web:
             self.web[READY].update(ready=False, reason="shutting down")
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
-            await asyncio.gather(self._housekeeping, return_exceptions=True)
+        for task in (self._housekeeping, self._settle):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.runner is not None:
             await self.runner.cleanup()
         log.debug("web server stopped")

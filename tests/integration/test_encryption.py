@@ -14,9 +14,11 @@ import asyncio
 import json
 import re
 import secrets
+import sqlite3
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -213,7 +215,10 @@ async def test_a_restart_keeps_the_crypto_store_and_a_lost_one_is_refused(
 
     await crypto_alcove.stop()
     await crypto_alcove.start()  # same database: same Olm account, same Megolm sessions
-    await ping(nio, room_id)
+    try:
+        await ping(nio, room_id)
+    except AssertionError as e:  # say which way it failed (see bridge/app.py SETTLE_SECONDS)
+        raise AssertionError(f"{e}\n{restart_diagnosis(crypto_synapse, crypto_alcove)}") from e
 
     await crypto_alcove.stop()
     fresh = alcove_on(crypto_synapse, f"sqlite:{tmp_path / 'fresh.db'}", tmp_path / "fresh.log")
@@ -222,6 +227,27 @@ async def test_a_restart_keeps_the_crypto_store_and_a_lost_one_is_refused(
     await fresh.stop()
     assert "Alcove's crypto store has none" in str(refused.value)
     assert "/_synapse/admin/v2/users/@alcove:localhost/devices/ALCOVE" in str(refused.value)
+
+
+def restart_diagnosis(stack: DevStack, alcove: AlcoveProcess) -> str:
+    """What to look at when no pong came after a restart: did Alcove get the !ping (and wait for
+    its room key, which Synapse drops while it holds the appservice for down), and does Synapse
+    still hold transactions it never sent?"""
+    log = alcove.log_path.read_text(errors="replace").splitlines()
+    since = max((i for i, line in enumerate(log) if "Opening database" in line), default=0)
+    lines = [
+        line
+        for line in log[since:]
+        if "waits: no room key" in line or "Transaction" in line or "Catching up" in line
+    ]
+    db = stack.state_dir / "synapse" / "homeserver.db"
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        unsent = conn.execute("SELECT txn_id FROM application_services_txns").fetchall()
+        state = conn.execute("SELECT as_id, state FROM application_services_state").fetchall()
+    return (
+        f"Synapse's unsent transactions: {unsent}, appservice state: {state}\n"
+        "Alcove after the restart:\n" + "\n".join(lines[-30:])
+    )
 
 
 async def test_a_client_reads_the_welcome_of_an_encrypted_1to1(
