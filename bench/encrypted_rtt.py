@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import sqlite3
 import statistics
+import sys
 import tempfile
 import time
 from contextlib import closing
@@ -97,6 +98,8 @@ async def blast_throughput(
     mgmt = await management_room(nio)
     nio.trust(BOT)
     for i in range(rooms):
+        if i % 10 == 0:
+            print(f"{prefix}: {i} of {rooms} clients added", file=sys.stderr, flush=True)
         await say(nio, mgmt, f"!client add {prefix}{i} Bench")
         added = parse_added((await wait_for_text(nio, mgmt, f"Added {prefix}{i} Bench")).body)
         if devices:
@@ -153,6 +156,7 @@ async def measure(tries: int, rooms: int, state: Path) -> dict[str, list[float]]
         for _ in range(tries):
             for kind, room in dms.items():
                 results[kind].append(await ping(nio, room, kind == "encrypted"))
+        report_pings(results)  # now: the blast part takes long
         if rooms:
             results["blast encrypted"] = await blast_throughput(
                 stack, nio, db, "Enc", rooms, True, state / "clients"
@@ -176,6 +180,14 @@ async def measure(tries: int, rooms: int, state: Path) -> dict[str, list[float]]
         stack.stop()
 
 
+def report_pings(results: dict[str, list[float]]) -> None:
+    pings = {kind: summary(results[kind]) for kind in ("encrypted", "plain")}
+    for kind, (median, p95) in pings.items():
+        print(f"!ping {kind:>9}: median {median * 1000:6.1f} ms, p95 {p95 * 1000:6.1f} ms")
+    ratio = pings["encrypted"][0] / pings["plain"][0]
+    print(f"!ping encrypted / plain (median): {ratio:.2f}x (goal <= 1.2x)", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tries", type=int, default=30)
@@ -183,11 +195,6 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="alcove-bench-e2ee-") as tmp:
         results = asyncio.run(measure(args.tries, args.rooms, Path(tmp)))
-    pings = {kind: summary(results[kind]) for kind in ("encrypted", "plain")}
-    for kind, (median, p95) in pings.items():
-        print(f"!ping {kind:>9}: median {median * 1000:6.1f} ms, p95 {p95 * 1000:6.1f} ms")
-    ratio = pings["encrypted"][0] / pings["plain"][0]
-    print(f"!ping encrypted / plain (median): {ratio:.2f}x (goal <= 1.2x)")
     if args.rooms:
         for kind in ("blast encrypted", "blast plain"):
             first, second = results[kind]
