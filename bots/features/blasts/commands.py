@@ -110,8 +110,10 @@ def report(result: BlastResult) -> str:
             + ", ".join(c.full_name for c in result.pending)
         )
     if result.held:
+        named = ", ".join(c.full_name for c in result.held[:LISTED_FAILURES])
+        more = len(result.held) - LISTED_FAILURES
         lines.append(
             f"{len(result.held)} will get it when they first sign in (their conversation is "
-            "end-to-end encrypted): " + ", ".join(c.full_name for c in result.held)
+            f"end-to-end encrypted): {named}" + (f" and {more} more" if more > 0 else "")
         )
     return "\n".join(lines)
