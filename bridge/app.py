@@ -126,11 +126,13 @@ class Alcove:
     async def _settled_catch_up(self) -> None:
         await self.clock.sleep(SETTLE_SECONDS)
         self.catchup.request("after start-up, once the homeserver's recovery has settled")
+        self.outbox.release_all()  # a first sign-in whose device-list change was dropped
 
     async def _housekeep(self) -> None:
         while True:
             try:
                 await self.inbox.prune()
+                self.outbox.release_all()  # held for a first device: ask again (hourly)
                 forgotten = await self.bot.housekeep()
                 if forgotten:
                     log.info("Deleted %d expired or spent confirmations and inputs", forgotten)

@@ -183,6 +183,11 @@ class Outbox:
             self._submit(row)
         return len(rows)
 
+    def release_all(self) -> int:
+        """Every held message asks again (a safety net: a device-list change Synapse dropped
+        while it held Alcove for down must not keep a message waiting for good)."""
+        return self.release(list(self._held))
+
     def held(self, user: str | None = None) -> int:
         """How many messages wait for a first device (of ``user``, or of anyone)."""
         if user is not None:

@@ -325,6 +325,9 @@ async def test_rooms_are_created_encrypted_per_kind(build: Build, tmp_path: Path
     assert world.outbox.release([a.user_id]) == 2
     assert await world.sent_to(dm.room_id) == []  # still no device: held again
     assert world.outbox.held(a.user_id) == 2
+    assert world.outbox.release_all() == 3  # the hourly safety net asks again: same answer
+    await world.outbox.join()
+    assert world.outbox.held(a.user_id) == 2 and world.outbox.held(b.user_id) == 1
     world.crypto.devices.add(a.user_id)  # their first sign-in (a device-list change)
     assert world.outbox.release([a.user_id]) == 2
     welcome, later = await world.sent_to(dm.room_id)  # in their order
