@@ -29,6 +29,15 @@ from .wiring import Runtime, build
 log = logging.getLogger("alcove.app")
 
 HOUSEKEEPING_SECONDS = 3600.0
+SETTLE_SECONDS = 10.0
+"""A second catch-up this long after start-up. Synapse marks Alcove down when a push fails
+(Alcove was stopped) and, until its recoverer has sent every stored transaction, stores new
+events without sending them; the start-up ping makes it retry at once, but an event stored
+just as the recoverer finishes can be left behind (synapse/appservice/scheduler.py: the
+"is the service up" read and the recoverer's "nothing left" are not atomic), and to-device
+messages (room keys) arriving while it is marked down are dropped, not stored. The first kind
+is in the room's history: a catch-up once the recovery has settled finds it. (A room key
+dropped that way is asked for again when its message arrives: ``Crypto._request_key``.)"""
 
 
 class Alcove:
@@ -45,6 +54,7 @@ class Alcove:
         self.webhooks: Webhooks | None = None
         self.web: web.Application | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self._settle: asyncio.Task[None] | None = None
         self.runtime: Runtime | None = None
         """Every collaborator, built at once by ``start`` (``bridge.wiring.build``)."""
         self.crypto: Crypto | None = None
@@ -62,7 +72,7 @@ class Alcove:
         self.bot, self.inbox, self.catchup = rt.bot, rt.inbox, rt.catchup
         if self.crypto is not None:
             self.crypto.on_session = self._room_key_arrived
-            self.crypto.on_devices = self.bot.conversations.send_waiting_welcomes
+            self.crypto.on_devices = self._devices_changed
         self.web = build_web_app(
             rt.endpoint, self.metrics, self.refresh_metrics, cfg.appservice.max_body_size_mib
         )
@@ -94,6 +104,7 @@ class Alcove:
         except MatrixSendError as e:
             log.error("Could not set up the staff rooms (%s); will try again at the next start", e)
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
+        self._settle = asyncio.create_task(self._settled_catch_up(), name="settle-catch-up")
         self.web[READY].update(ready=True, reason="")
         self.metrics.ready.set(1)
         if cfg.api.enabled:
@@ -134,15 +145,29 @@ class Alcove:
         if woken := self.inbox.wake(wait_key(session_id)):
             log.debug("A room key arrived for %d waiting events", woken)
 
+    async def _devices_changed(self, users: list[str]) -> None:
+        """A member signed in on a new device (the crypto knows its keys now): what waited for
+        their first device goes — messages the outbox held, in order, then a welcome an older
+        Alcove left unsent."""
+        if released := self.outbox.release(users):
+            log.info("%d held messages go now that a member has a device", released)
+        await self.bot.conversations.send_waiting_welcomes(users)
+
     async def refresh_metrics(self) -> None:
         await self.inbox.refresh_metrics()
         await self.outbox.refresh_metrics()
         self.metrics.sessions_pending_purge.set(await self.bot.sessions.pending_purge())
 
+    async def _settled_catch_up(self) -> None:
+        await self.clock.sleep(SETTLE_SECONDS)
+        self.catchup.request("after start-up, once the homeserver's recovery has settled")
+        self.outbox.release_all()  # a first sign-in whose device-list change was dropped
+
     async def _housekeep(self) -> None:
         while True:
             try:
                 await self.inbox.prune()
+                self.outbox.release_all()  # held for a first device: ask again (hourly)
                 forgotten = await self.bot.housekeep()
                 if forgotten:
                     log.info("Deleted %d expired or spent confirmations and inputs", forgotten)
@@ -160,9 +185,10 @@ class Alcove:
             await self.api_runner.cleanup()
         if self.webhooks is not None:
             await self.webhooks.stop()
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
-            await asyncio.gather(self._housekeeping, return_exceptions=True)
+        for task in (self._housekeeping, self._settle):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.runner is not None:
             await self.runner.cleanup()
         log.debug("web server stopped")

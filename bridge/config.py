@@ -199,10 +199,10 @@ class InboxConfig:
 
 ROOM_KINDS = ("management", "dm", "group", "session", "staff")
 """The kinds of room Alcove creates, as named under ``encryption.rooms``."""
-ENCRYPTED_BY_DEFAULT = ("management", "dm", "group", "staff")
+ENCRYPTED_BY_DEFAULT = ROOM_KINDS
 """Each carries clinical content (the management room: client names, initial passwords and
-transcripts). Not "session" yet: its transcript and purge read the room's history from the
-homeserver, which in an encrypted room is ciphertext (the transcript would be empty)."""
+transcripts; a text-only session room: what a purge cannot reach in the homeserver's backups,
+free pages and replicas stays ciphertext)."""
 
 
 @dataclass(frozen=True)
@@ -642,12 +642,6 @@ def _inbox(s: _Section) -> InboxConfig:
 
 def _encryption(s: _Section) -> EncryptionConfig:
     rooms = _read(s.section("rooms", required=False), _encrypted_rooms)
-    if "session" in rooms:
-        raise ConfigError(
-            s.key("rooms.session"),
-            "encrypted session rooms are not supported yet (their transcript and purge read "
-            "the history from the homeserver, which would be ciphertext): set it to false",
-        )
     return EncryptionConfig(
         enabled=s.flag("enabled", False),
         key_wait_minutes=s.number("key_wait_minutes", 60.0, low=1.0),

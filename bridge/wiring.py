@@ -33,7 +33,7 @@ from bots.features.restore.service import RestoreService
 from bots.features.schedule.commands import ScheduleCommands
 from bots.features.schedule.service import ScheduleService
 from bots.features.sessions.commands import SessionCommands
-from bots.features.sessions.ending import ForgetKeys, Scrub
+from bots.features.sessions.ending import DecryptEvents, ForgetKeys, Scrub
 from bots.features.sessions.repo import SessionRepo
 from bots.features.sessions.service import SessionService
 from bots.features.voice import RoomCrypto, TherapistVoice
@@ -76,6 +76,7 @@ def build_bot(
     can_decrypt: Callable[[str], bool] | None = None,
     crypto: RoomCrypto | None = None,
     forget_room_keys: ForgetKeys | None = None,
+    decrypt_events: DecryptEvents | None = None,
 ) -> Bot:
     """The command bot with every feature service and command it uses."""
     timers = timers or Timers(clock)
@@ -88,6 +89,8 @@ def build_bot(
     conversations = ConversationService(
         config, gateway, outbox, rooms, audit, clock, voice, management
     )
+    if crypto is not None:  # an encrypted 1:1's messages wait for the client's first device
+        outbox.hold = conversations.waiting_for_device
     schedule = ScheduleService(
         config, db, outbox, voice, timers, clock, conversations.management_room_for
     )
@@ -104,6 +107,7 @@ def build_bot(
         metrics,
         scrub,
         forget_room_keys,
+        decrypt_events,
     )
     governance = RoomGovernance(
         config,
@@ -234,6 +238,7 @@ def build(
         can_decrypt=crypto.can_decrypt if crypto is not None else None,
         crypto=crypto,
         forget_room_keys=crypto.forget_room if crypto is not None else None,
+        decrypt_events=crypto.decrypt_history if crypto is not None else None,
     )
     dispatcher = Dispatcher(cfg.bot_user_id, bot, f"@{cfg.appservice.client_prefix}")
     handler = dispatcher.handle

@@ -112,6 +112,7 @@ class Crypto:
         self._tasks: set[asyncio.Task[object]] = set()
         self._share_locks: dict[str, asyncio.Lock] = {}
         self._requested: set[str] = set()
+        self._forgotten: set[str] = set()
         self.on_devices: Callable[[list[str]], Coroutine[Any, Any, None]] | None = None
         """Called with the users whose device lists changed (a new device signed in), once the
         OlmMachine knows their new devices: a message waiting for a first device can go."""
@@ -231,6 +232,12 @@ class Crypto:
 
     async def _device_lists(self, changed: DeviceLists) -> None:
         await self.machine.handle_device_lists(changed)
+        # mautrix rotates the rooms' Megolm sessions only for users it tracks (ones it found
+        # devices of): a member whose *first* device just appeared was not, and the session
+        # shared before would never reach that device. Rotate for every changed member.
+        for user in changed.changed:
+            if rooms := await self.rooms.find_shared_rooms(user):
+                await self.store.remove_outbound_group_sessions(rooms)
         if self.on_devices is not None:
             await self.on_devices([str(user) for user in changed.changed])
 
@@ -288,20 +295,24 @@ class Crypto:
 
     # ------------------------------------------------------------------ the two seams
 
-    async def decrypt(self, event: dict[str, Any]) -> dict[str, Any]:
+    async def decrypt(self, event: dict[str, Any], *, live: bool = True) -> dict[str, Any]:
         """The decrypted form of an ``m.room.encrypted`` room event (same event id, room,
-        sender and time). Raises KeysNotYet or Undecryptable."""
+        sender and time). Raises KeysNotYet or Undecryptable. ``live``: an event on its way
+        to dispatch (a missing key is requested, the decryption counted); not for history
+        read again (``decrypt_history``)."""
         try:
             encrypted = EncryptedEvent.deserialize(cast(JSON, event))
             decrypted = await self.machine.decrypt_megolm_event(encrypted)
         except SessionNotFound as e:
-            self._request_key(encrypted, e.session_id)
+            if live:
+                self._request_key(encrypted, e.session_id)
             raise KeysNotYet(event["room_id"], str(e.session_id)) from None
         except DuplicateMessageIndex:
             raise Undecryptable("a replayed message index") from None
         except (DecryptionError, ValueError, KeyError, TypeError) as e:
             raise Undecryptable(type(e).__name__) from None
-        self.metrics.inbox_events.labels(outcome="decrypted").inc()
+        if live:
+            self.metrics.inbox_events.labels(outcome="decrypted").inc()
         content = decrypted.content.serialize()
         return {
             **{k: v for k, v in event.items() if k not in ("type", "content")},
@@ -309,11 +320,27 @@ class Crypto:
             "content": content,
         }
 
+    async def decrypt_history(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A room's history as read from the homeserver (a text-only session's transcript and
+        end), its encrypted events decrypted in memory with the keys the bot holds as a member
+        (its own messages too: mautrix keeps the inbound half of each session it creates).
+        One that cannot be decrypted stays as it is (``m.room.encrypted``) for the caller to
+        count or mark; nothing is stored or logged but its event id."""
+        out: list[dict[str, Any]] = []
+        for event in events:
+            if event.get("type") == "m.room.encrypted" and "state_key" not in event:
+                try:
+                    event = await self.decrypt(event, live=False)
+                except (KeysNotYet, Undecryptable) as e:
+                    log.warning("Cannot decrypt %s from history: %s", event.get("event_id"), e)
+            out.append(event)
+        return out
+
     def _request_key(self, event: EncryptedEvent, session_id: SessionID) -> None:
         """Ask the sender's devices for a missing room key, once per session and run (it may
         come by itself a moment later; the waiting event is handled when either arrives)."""
-        if session_id in self._requested:
-            return
+        if session_id in self._requested or event.room_id in self._forgotten:
+            return  # (a forgotten room's keys must not be asked back from a member's device)
         self._requested.add(session_id)
         content = event.content
         sender_key = getattr(content, "sender_key", None)
@@ -375,6 +402,7 @@ class Crypto:
         """Discard the room's Megolm sessions (a text-only session's end): after it not even
         Alcove can decrypt what a backup of the homeserver's database still holds. (Alcove
         keeps no server-side key backup, so there is none to delete.)"""
+        self._forgotten.add(room_id)
         gone = await self.rooms.forget_room_keys(self.bot, room_id)
         self._share_locks.pop(room_id, None)
         log.info("Discarded %d Megolm sessions of %s", gone, room_id)

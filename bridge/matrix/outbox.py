@@ -46,6 +46,18 @@ would go out under a session the departed member holds; and no plaintext is kept
 than it would be for an unencrypted room."""
 
 
+Hold = Callable[[str], Awaitable[str | None]]
+"""(room id) → the user whose first device a message into that room must wait for, or None.
+
+In an encrypted room a message can be read only by devices that exist when it is sent (its
+Megolm key goes to those; clients accept a *forwarded* key only from their own devices), so a
+message to a client who has never signed in waits in the outbox — pending in the database,
+across restarts — until ``release`` says their first device appeared (see bridge/crypto)."""
+HELD = "held"
+"""The status a waiter (``expect``/``wait``) sees for a message held by ``Hold``: it stays
+pending in the database and goes once released."""
+
+
 def marked(event_type: str, content: dict[str, Any]) -> dict[str, Any]:
     return {**content, AUTOMATED: True} if event_type == "m.room.message" else content
 
@@ -69,9 +81,12 @@ class Outbox:
         retry_base_seconds: float = 1.0,
         concurrency: int = 32,
         encrypt: Encrypt | None = None,
+        hold: Hold | None = None,
     ) -> None:
         self.repo = repo
         self.encrypt = encrypt
+        self.hold = hold
+        self._held: dict[str, list[OutboxRow]] = {}
         self.devices = devices
         self.gateway = gateway
         self.clock = clock
@@ -160,6 +175,25 @@ class Outbox:
             log.info("Resending %d outbox messages queued before the restart", len(pending))
         return len(pending)
 
+    def release(self, users: list[str]) -> int:
+        """These users' devices changed: the messages held for them go (each asks ``hold``
+        again, so one whose user still has no device is held again), in their order."""
+        rows = [row for user in users for row in self._held.pop(user, [])]
+        for row in sorted(rows, key=lambda r: r.seq):
+            self._submit(row)
+        return len(rows)
+
+    def release_all(self) -> int:
+        """Every held message asks again (a safety net: a device-list change Synapse dropped
+        while it held Alcove for down must not keep a message waiting for good)."""
+        return self.release(list(self._held))
+
+    def held(self, user: str | None = None) -> int:
+        """How many messages wait for a first device (of ``user``, or of anyone)."""
+        if user is not None:
+            return len(self._held.get(user, []))
+        return sum(len(rows) for rows in self._held.values())
+
     def _submit(self, row: OutboxRow) -> None:
         if row.seq in self._queued:
             return
@@ -199,6 +233,13 @@ class Outbox:
         epoch = self._device_epoch.get(row.sender, 0)
         device: str | None = None
         try:
+            if self.hold is not None and (waiting := await self.hold(row.room_id)):
+                self._queued.discard(row.seq)
+                if not any(r.seq == row.seq for r in self._held.get(waiting, [])):
+                    self._held.setdefault(waiting, []).append(row)
+                log.info("A message to %s waits for the first device of a member", row.room_id)
+                self._resolve(_with(row, status=HELD))
+                return
             device = await self.device_for(row.sender)
             event_type, content = row.event_type, row.content
             if self.encrypt is not None:
@@ -296,6 +337,8 @@ class Outbox:
                 raise KeyError(key)
             if row.status != PENDING:
                 return row
+            if any(r.seq == row.seq for rows in self._held.values() for r in rows):
+                return _with(row, status=HELD)
             return await asyncio.wait_for(fut, timeout)
         finally:
             waiters = self._waiters.get(key)

@@ -27,7 +27,7 @@ from bots.features.conversations.service import (
 from bridge.config import Config
 from bridge.db.audit_repo import AuditLog
 from bridge.matrix.gateway import PermanentError
-from bridge.matrix.outbox import Outbox
+from bridge.matrix.outbox import HELD, Outbox
 from tests.support.builders import DOMAIN, make_config
 from tests.support.fakes import FakeClock, RecordingGateway, Sent
 from tests.support.harness import Harnesses
@@ -315,17 +315,29 @@ async def test_rooms_are_created_encrypted_per_kind(build: Build, tmp_path: Path
     ]
     assert (THERAPIST, dm.room_id) in gw.joined  # the therapist is still a member as themselves
     # A new client has no device yet: a welcome now would be encrypted for nobody of theirs
-    # (and clients take a forwarded key only from their own devices). It waits.
+    # (and clients take a forwarded key only from their own devices). It waits in the outbox,
+    # and so does what follows it (a phrase, a blast, a scheduled message alike).
     assert await world.sent_to(dm.room_id) == []
-    await world.service.send_waiting_welcomes([a.user_id, THERAPIST, "@stranger:test.local"])
-    assert await world.sent_to(dm.room_id) == []  # still no device
+    await world.outbox.send("later", config.bot_user_id, dm.room_id, {"body": "2nd"})
+    assert (await world.outbox.wait("later", 5)).status == HELD
+    assert world.outbox.held(a.user_id) == 2 and world.outbox.held(b.user_id) == 1
+    assert world.outbox.release([THERAPIST, "@stranger:test.local"]) == 0
+    assert world.outbox.release([a.user_id]) == 2
+    assert await world.sent_to(dm.room_id) == []  # still no device: held again
+    assert world.outbox.held(a.user_id) == 2
+    assert world.outbox.release_all() == 3  # the hourly safety net asks again: same answer
+    await world.outbox.join()
+    assert world.outbox.held(a.user_id) == 2 and world.outbox.held(b.user_id) == 1
     world.crypto.devices.add(a.user_id)  # their first sign-in (a device-list change)
-    await world.service.send_waiting_welcomes([a.user_id])
-    (welcome,) = await world.sent_to(dm.room_id)
+    assert world.outbox.release([a.user_id]) == 2
+    welcome, later = await world.sent_to(dm.room_id)  # in their order
     assert welcome.sender == config.bot_user_id
     assert welcome.content["body"].startswith("On behalf of Dr T: ")
+    assert later.content["body"] == "2nd" and world.outbox.held(a.user_id) == 0
     await world.service.send_waiting_welcomes([a.user_id])  # another device later: not again
-    assert len(await world.sent_to(dm.room_id)) == 1
+    assert len(await world.sent_to(dm.room_id)) == 2
+    # Elsewhere nothing waits: the management room, a 1:1 that is not encrypted.
+    assert await world.service.waiting_for_device(dm.room_id) is None
 
     group = await world.service.create_group(THERAPIST, "Tuesday group", [a, b], "$group1")
     state = gw.rooms[group.room_id]["initial_state"]

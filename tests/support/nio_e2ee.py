@@ -172,21 +172,23 @@ async def wait_for_text(
     raise AssertionError(f"no decrypted message with {contains!r} within 60 s")
 
 
-async def first_from_bot(nio: E2EEUser, room_id: str) -> RoomMessageText:
-    """The bot's first message in the room, decrypted by this device (its room key must have
-    been sent to this device: clients take a forwarded key only from their own devices)."""
+async def all_from_bot(
+    nio: E2EEUser, room_id: str, count: int
+) -> list[RoomMessageText | RoomMessageNotice]:
+    """The bot's first ``count`` messages (texts and notices) in the room, oldest first, once
+    this device can decrypt them all (their room key must have been sent to it)."""
     deadline = time.monotonic() + 60
-    undecryptable: list[MegolmEvent] = []
+    seen: list[MegolmEvent | RoomMessageText | RoomMessageNotice] = []
     while time.monotonic() < deadline:
         await nio.sync(timeout_ms=1000)
         history = await nio.client.room_messages(room_id, limit=100)
         assert isinstance(history, RoomMessagesResponse), history
-        from_bot = [
+        seen = [
             e
             for e in reversed(history.chunk)
-            if e.sender == BOT and isinstance(e, MegolmEvent | RoomMessageText)
+            if e.sender == BOT and isinstance(e, MegolmEvent | RoomMessageText | RoomMessageNotice)
         ]
-        undecryptable = [e for e in from_bot if isinstance(e, MegolmEvent)]
-        if from_bot and isinstance(from_bot[0], RoomMessageText):
-            return from_bot[0]
-    raise AssertionError(f"no readable message of the bot's within 60 s ({undecryptable})")
+        readable = [e for e in seen[:count] if isinstance(e, RoomMessageText | RoomMessageNotice)]
+        if len(readable) == count:
+            return readable
+    raise AssertionError(f"not {count} readable messages of the bot's within 60 s: {seen}")

@@ -34,3 +34,15 @@ def test_many_failures_fit_one_message_and_are_all_counted() -> None:
     counted = sum(int(line.split()[1]) for line in lines[1 + LISTED_FAILURES :])
     assert counted == 5000 - LISTED_FAILURES
     assert len(text.encode()) < MAX_BODY_BYTES
+
+
+def test_clients_not_signed_in_yet_are_told_apart_and_counted() -> None:
+    """Encrypted 1:1s of clients without a device: held until their first sign-in."""
+    held = [client(i) for i in range(3000)]
+    text = report(BlastResult(delivered=[client(9999)], held=held))
+    lines = text.splitlines()
+    assert lines[0] == "Delivered to 1 of 3001 clients; failed: 0."
+    assert lines[1].startswith("3000 will get it when they first sign in")
+    assert "Client 0000 Name" in lines[1]
+    assert lines[1].endswith(f" and {3000 - LISTED_FAILURES} more")
+    assert len(text.encode()) < MAX_BODY_BYTES

@@ -40,4 +40,4 @@ def test_example_encrypted_room_kinds_are_the_defaults(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text(text.replace("enabled: false", "enabled: true", 1))
     config = load_config(tmp_path / "config.yaml", environ={}, need_tokens=False)
     assert config.encryption.rooms == EncryptionConfig().rooms
-    assert config.encryption.encrypts("management") and not config.encryption.encrypts("session")
+    assert config.encryption.encrypts("management") and config.encryption.encrypts("session")

@@ -95,7 +95,7 @@ class BlastCommands:
 
 
 def report(result: BlastResult) -> str:
-    total = len(result.delivered) + len(result.failed) + len(result.pending)
+    total = len(result.delivered) + len(result.failed) + len(result.pending) + len(result.held)
     lines = [
         f"Delivered to {len(result.delivered)} of {total} clients; failed: {len(result.failed)}."
     ]
@@ -108,5 +108,12 @@ def report(result: BlastResult) -> str:
         lines.append(
             f"{len(result.pending)} still being retried: "
             + ", ".join(c.full_name for c in result.pending)
+        )
+    if result.held:
+        named = ", ".join(c.full_name for c in result.held[:LISTED_FAILURES])
+        more = len(result.held) - LISTED_FAILURES
+        lines.append(
+            f"{len(result.held)} will get it when they first sign in (their conversation is "
+            f"end-to-end encrypted): {named}" + (f" and {more} more" if more > 0 else "")
         )
     return "\n".join(lines)

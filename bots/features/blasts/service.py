@@ -11,7 +11,7 @@ from typing import Any
 
 from bridge.db.database import transaction
 from bridge.db.outbox_repo import OutboxRow
-from bridge.matrix.outbox import Outbox
+from bridge.matrix.outbox import HELD, Outbox
 
 from ..conversations.repo import DM, Client
 from ..conversations.service import ClientLookupError, ConversationService
@@ -33,6 +33,8 @@ class BlastResult:
     delivered: list[Client] = field(default_factory=list)
     failed: list[tuple[Client, str]] = field(default_factory=list)
     pending: list[Client] = field(default_factory=list)
+    held: list[Client] = field(default_factory=list)
+    """Encrypted 1:1s whose client has not signed in yet: sent at their first sign-in."""
 
 
 class BlastService:
@@ -133,6 +135,8 @@ class BlastService:
                 return
             if row.status == "sent":
                 result.delivered.append(client)
+            elif row.status == HELD:
+                result.held.append(client)
             else:
                 result.failed.append((client, row.error or "not accepted"))
 

@@ -96,6 +96,7 @@ class ConversationService:
         self.repo = repo
         self.audit = audit
         self.clock = clock
+        self._no_wait: set[str] = set()  # rooms whose messages never wait for a first device
         self.management = management or ManagementRooms(
             config, gateway, cast(Outbox, outbox), repo, audit, clock, self.voice
         )
@@ -303,18 +304,40 @@ class ConversationService:
         speaker = await self.join_as_staff(therapist, room.room_id)
         if speaker == therapist:
             await self._mark_direct(therapist, client.user_id, room.room_id)
-        # The welcome comes from the bot where the room is encrypted (TherapistVoice).
-        if await self.voice.can_read(client.user_id, room.room_id):
-            author = await self.voice.in_room(speaker, room.room_id)
-            await self._welcome(room, therapist, client, author)
-        else:  # encrypted, and no device of the client's to give the key to: not yet
-            log.info("The welcome in %s waits for the client's first device", room.room_id)
+        # The welcome comes from the bot where the room is encrypted (TherapistVoice). In an
+        # encrypted 1:1 of a client with no device yet, the outbox holds it (and whatever
+        # follows it) until their first sign-in: see waiting_for_device.
+        author = await self.voice.in_room(speaker, room.room_id)
+        await self._welcome(room, therapist, client, author)
         return room
+
+    async def waiting_for_device(self, room_id: str) -> str | None:
+        """The outbox's ``hold``: in an end-to-end encrypted 1:1 whose client has no device
+        yet, the client — a message sent now could never be read by them (its room key would
+        go only to devices that exist now; clients take a forwarded key only from their own
+        devices), so it waits for their first sign-in. None everywhere else (a group does not
+        wait for a member who never signs in). Only "no wait" is remembered: a device, once
+        there, is what every later message is shared with."""
+        if room_id in self._no_wait:
+            return None
+        crypto = self.voice.crypto
+        room = await self.repo.room(room_id) if crypto is not None else None
+        if (
+            crypto is None
+            or room is None
+            or room.kind != DM
+            or room.client_id is None
+            or not await crypto.is_encrypted(room_id)
+            or await crypto.has_devices(room.client_id)
+        ):
+            self._no_wait.add(room_id)
+            return None
+        return room.client_id
 
     async def send_waiting_welcomes(self, users: list[str]) -> None:
         """Users whose devices changed (bridge/crypto): a client whose encrypted 1:1 has had no
-        welcome yet (it waited for their first device) gets it now. Once: the outbox keeps the
-        welcome's row (and its key) for good."""
+        welcome yet (one made by an Alcove that did not queue it before their first device)
+        gets it now. Once: the outbox keeps the welcome's row (and its key) for good."""
         for user in users:
             client = await self.repo.client(user)
             if client is None:

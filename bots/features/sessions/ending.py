@@ -51,6 +51,10 @@ _LOCKED = {**rules.power_levels({}), "events_default": rules.BOT_ONLY, "events":
 Scrub = Callable[[], Awaitable[None]]
 ForgetKeys = Callable[[str], Awaitable[None]]
 """Discard a room's Megolm sessions from the crypto store (bridge/crypto ``forget_room``)."""
+DecryptEvents = Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
+"""A room's history with its encrypted events decrypted in memory by the bot, as a member
+(bridge/crypto ``decrypt_history``); one it cannot decrypt stays ``m.room.encrypted``."""
+ENCRYPTED = "m.room.encrypted"
 
 
 class PurgeFailed(Exception):
@@ -72,6 +76,7 @@ class SessionEnding:
     room_ids: set[str]
     scrub: Scrub | None
     forget_keys: ForgetKeys | None
+    decrypt_events: DecryptEvents | None
 
     @property
     def cfg(self) -> Any:
@@ -89,6 +94,14 @@ class SessionEnding:
 
     def _when(self, at_ms: int) -> datetime:
         return datetime.fromtimestamp(at_ms / 1000, UTC)
+
+    async def history(self, room_id: str) -> list[dict[str, Any]]:
+        """The room's events, oldest first, as the bot reads them: in an encrypted session room
+        decrypted in memory (nothing of them is stored)."""
+        events = await self.gateway.room_events(room_id)
+        if self.decrypt_events is not None and any(e.get("type") == ENCRYPTED for e in events):
+            events = await self.decrypt_events(events)
+        return events
 
     async def _tell(self, key: str, room_id: str | None, text: str) -> None:
         if room_id:
@@ -180,9 +193,10 @@ class SessionEnding:
                 pass  # the messages are deleted regardless
         # Nobody but the bot may post from here on: nothing escapes the scan and the purge.
         await self.gateway.send_state(self.bot, room_id, "m.room.power_levels", "", _LOCKED)
-        events = await self.gateway.room_events(room_id)
+        events = await self.history(room_id)
         if not await self.repo.messages_counted(session.id):  # a retry finds them purged
-            messages = sum(e.get("type") == "m.room.message" for e in events)
+            # (a message the bot could not decrypt is a message all the same)
+            messages = sum(e.get("type") in ("m.room.message", ENCRYPTED) for e in events)
             await self.repo.update(session.id, messages_purged=messages)
         await self.repo.record_media(
             session.id, sorted(media_in(events, self.config.homeserver.domain))

@@ -23,7 +23,7 @@ from ..conversations import rules
 from ..conversations.repo import Client
 from ..conversations.service import ConversationService
 from ..schedule.timeparse import local_text
-from .ending import CANCELLED_REASON, ForgetKeys, Scrub, SessionEnding
+from .ending import CANCELLED_REASON, DecryptEvents, ForgetKeys, Scrub, SessionEnding
 from .repo import CANCELLED, ENDED, ENDING, OPEN, PREPARED, SCHEDULED, Session, SessionRepo
 
 log = logging.getLogger("alcove.sessions")
@@ -45,6 +45,7 @@ class SessionService(SessionEnding):
         metrics: Metrics | None = None,
         scrub: Scrub | None = None,
         forget_keys: ForgetKeys | None = None,
+        decrypt_events: DecryptEvents | None = None,
     ) -> None:
         self.config = config
         self.repo = repo
@@ -57,6 +58,7 @@ class SessionService(SessionEnding):
         self.metrics = metrics
         self.scrub = scrub
         self.forget_keys = forget_keys
+        self.decrypt_events = decrypt_events
         self.room_ids: set[str] = set()  # rooms of live sessions (media are recorded there)
         self._locks: dict[int, asyncio.Lock] = {}
 

@@ -8,6 +8,9 @@ import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from mautrix.crypto.attachments import encrypt_attachment
+from mautrix.types import ContentURI
+
 from bridge.clock import ms
 
 from ...bot_types import notice
@@ -16,6 +19,7 @@ from .repo import OPEN, Session
 from .service import SessionService
 
 ATTACHMENTS = {"m.file", "m.image", "m.audio", "m.video"}
+ENCRYPTED = "m.room.encrypted"
 
 
 def _utc(at_ms: int) -> datetime:
@@ -140,9 +144,14 @@ class Transcripts:
             "",
         ]
         day = start.date()
-        for event in await self.sessions.gateway.room_events(session.room_id):
+        # In an encrypted session room the bot decrypts the history in memory, as a member.
+        for event in await self.sessions.history(session.room_id):
             content: dict[str, Any] = event.get("content") or {}
-            if event.get("type") != "m.room.message" or event.get("sender") == self.sessions.bot:
+            etype = event.get("type")
+            if (
+                etype not in ("m.room.message", ENCRYPTED)
+                or event.get("sender") == self.sessions.bot
+            ):
                 continue
             when = _utc(int(event.get("origin_server_ts", 0))).astimezone(tz)
             if when.date() != day:
@@ -150,30 +159,46 @@ class Transcripts:
                 lines.append(f"-- {when:%A %Y-%m-%d} --")
             who = names.get(str(event.get("sender")), "Participant")
             body = str(content.get("body", ""))
-            if content.get("msgtype") in ATTACHMENTS:
+            if etype == ENCRYPTED:
+                body = "[a message Alcove could not decrypt]"
+            elif content.get("msgtype") in ATTACHMENTS:
                 body = f"[attachment: {body}]"
             lines.append(f"{when:%H:%M} {who}: {body}")
         return ("\n".join(lines) + "\n").encode()
+
+    async def _encrypted_target(self, therapist: str) -> bool:
+        """Whether the therapist's management room (where a transcript goes) is encrypted."""
+        crypto = self.sessions.conversations.voice.crypto
+        room = await self.sessions.conversations.management_room_for(therapist)
+        return crypto is not None and room is not None and await crypto.is_encrypted(room)
 
     async def _deliver(self, session: Session, consents: dict[str, int], key: str) -> None:
         if await self.sessions.outbox.repo.get(key) is not None:
             return  # delivered before (this is a retry): no second file, no stray upload
         data = await self.render(session)
         digest = hashlib.sha256(data).hexdigest()
-        uri = await self.sessions.gateway.upload(
-            data, "chat-history.txt", "text/plain; charset=utf-8"
-        )
+        content: dict[str, Any] = {
+            "msgtype": "m.file",
+            "body": "chat-history.txt",
+            "info": {"mimetype": "text/plain", "size": len(data)},
+        }
+        if await self._encrypted_target(session.therapist_id):
+            # An encrypted management room gets an encrypted attachment: the homeserver's
+            # media store holds only ciphertext; its key travels in the (Megolm-encrypted)
+            # message, as every client sends files into encrypted rooms.
+            ciphertext, file = encrypt_attachment(data)
+            uri = await self.sessions.gateway.upload(
+                ciphertext, "chat-history.txt", "application/octet-stream"
+            )
+            file.url = ContentURI(uri)
+            content["file"] = file.serialize()
+        else:
+            uri = await self.sessions.gateway.upload(
+                data, "chat-history.txt", "text/plain; charset=utf-8"
+            )
+            content["url"] = uri
         # Only into a management room that holds exactly the therapist and the bot.
-        withheld = await self.sessions.conversations.send_secret(
-            session.therapist_id,
-            key,
-            {
-                "msgtype": "m.file",
-                "body": "chat-history.txt",
-                "url": uri,
-                "info": {"mimetype": "text/plain", "size": len(data)},
-            },
-        )
+        withheld = await self.sessions.conversations.send_secret(session.therapist_id, key, content)
         if withheld is not None:
             await self.sessions.gateway.delete_media(uri)
             raise SecretWithheld(withheld)
