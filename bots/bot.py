@@ -30,6 +30,8 @@ from .features.blasts.commands import BlastCommands
 from .features.conversations.governance import RoomGovernance
 from .features.conversations.management import ManagementRooms, link
 from .features.conversations.service import ConversationService
+from .features.organise.service import Organiser
+from .features.organise.spaces import Spaces
 from .features.schedule.service import ScheduleService
 from .features.sessions.service import SessionService
 
@@ -53,6 +55,8 @@ class Features:
     blasts: BlastCommands
     registry: CommandRegistry
     router: CommandRouter
+    spaces: Spaces
+    organiser: Organiser
 
 
 class Bot:
@@ -88,6 +92,8 @@ class Bot:
         self.blasts = features.blasts
         self.registry = features.registry
         self.router = features.router
+        self.spaces = features.spaces
+        self.organiser = features.organiser
 
     async def role_of(self, user_id: str) -> str | None:
         member = self.config.staff_member(user_id)
@@ -104,13 +110,16 @@ class Bot:
         await self.sessions.start()
 
     async def start(self) -> None:
-        """Start-up work: scheduled messages are re-armed; every staff member has their
-        management room; staff rooms follow the config; secrets still readable are checked."""
+        """Start-up work: scheduled messages and timed mutes are re-armed; every staff member
+        has their management room; staff rooms follow the config; secrets still readable are
+        checked; spaces are created and repaired."""
         self.timers.start()
         await self.schedule.start()
+        await self.organiser.start()
         await self.management.ensure_all()
         await self.management.start()
         await self.conversations.reconcile_staff_rooms()
+        await self.spaces.repair()
 
     async def on_event(self, event: dict[str, Any]) -> None:
         await self.sessions.on_event(event)

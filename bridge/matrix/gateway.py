@@ -124,3 +124,22 @@ class MatrixGateway(Protocol):
 
     async def user_devices(self, user_id: str) -> list[dict[str, Any]]:
         """The user's devices (admin API): ``device_id``, ``last_seen_ts`` (ms or None)."""
+
+    async def room_state(self, room_id: str) -> list[dict[str, Any]]:
+        """Every current state event of a room the bot is in."""
+
+    async def set_room_tag(
+        self, user_id: str, room_id: str, tag: str, content: dict[str, Any]
+    ) -> None:
+        """Put a tag (``m.lowpriority``, ``m.favourite``) on a room for a user, as them."""
+
+    async def delete_room_tag(self, user_id: str, room_id: str, tag: str) -> None:
+        """Remove a user's tag from a room, as them (no error when it was not there)."""
+
+    async def set_push_rule(
+        self, user_id: str, kind: str, rule_id: str, rule: dict[str, Any]
+    ) -> None:
+        """Create or replace a push rule of the user's ``global`` ruleset, as them."""
+
+    async def delete_push_rule(self, user_id: str, kind: str, rule_id: str) -> bool:
+        """Delete a push rule of the user's, as them. False when there was none."""

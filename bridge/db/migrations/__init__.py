@@ -20,6 +20,7 @@ from . import (  # noqa: E402,F401  (import order is version order)
     v08_replayable_answers,
     v09_management_rooms,
     v10_crypto_rooms,
+    v12_spaces_archive_mute,
 )
 
 __all__ = ["upgrade_table"]
