@@ -102,8 +102,11 @@ class OrganiseCommands:
         """Answer in the management room; typed in a conversation, redact the command there
         (no pointer: the client would read it)."""
         mgmt = await self.conversations.management.ensure(ctx.sender)
-        if mgmt is None or mgmt == ctx.room_id:
+        if mgmt == ctx.room_id:
             await ctx.reply(text)
+            return
+        if mgmt is None:  # the text may name the client: not for this room
+            await ctx.reply("Done. I say more only in your management room, and you have none.")
             return
         await self.outbox.send(
             f"quiet:{ctx.event_id}", self.gateway.bot_user_id, mgmt, notice(text)
