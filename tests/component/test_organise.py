@@ -112,22 +112,19 @@ def state_of(gw: RecordingGateway, room: str, etype: str) -> dict[str, dict[str,
 # --------------------------------------------------------------------------- spaces
 
 
-async def test_start_up_creates_the_spaces_and_files_the_staff_rooms(world: World) -> None:
+def spaces_of(gw: RecordingGateway) -> set[str]:
+    return {r for r, b in gw.rooms.items() if b["creation_content"].get("type") == "m.space"}
+
+
+async def test_spaces_are_made_as_rooms_go_in_and_the_staff_rooms_are_filed(
+    world: World,
+) -> None:
     gw = world.gw
-    spaces = {r: b for r, b in gw.rooms.items() if b["creation_content"].get("type") == "m.space"}
-    # Four per therapist (two), one for the practice; nobody else is invited to any.
-    assert len(spaces) == 9
-    for therapist in (THERAPIST, OTHER):
-        for kind, name in ((CLIENTS, "Clients"), (GROUPS, "Groups"), (SESSIONS, "Sessions")):
-            body = gw.rooms[await world.space(kind, therapist)]
-            assert body["name"] == name and body["invite"] == [therapist]
-            levels = body["power_level_content_override"]
-            assert levels["users"] == {therapist: 50}
-            assert levels["invite"] > 50 and levels["state_default"] > 50
-            assert (therapist, await world.space(kind, therapist)) in gw.joined
-        assert gw.rooms[await world.space(ARCHIVE, therapist)]["name"] == "Archive"
+    # At start-up only the staff rooms exist: only the practice's space is made.
     practice = await world.space(PRACTICE)
+    assert spaces_of(gw) == {practice}
     assert sorted(gw.rooms[practice]["invite"]) == sorted([THERAPIST, OTHER, CARE])
+    assert gw.rooms[practice]["name"] == "Test Practice"
     staff_rooms = [
         r.room_id
         for kind in (TEAM, CARE_KIND)
@@ -140,6 +137,29 @@ async def test_start_up_creates_the_spaces_and_files_the_staff_rooms(world: Worl
             practice: {"via": [DOMAIN], "canonical": True}
         }
 
+    # A therapist's space comes with its first room; only they are in it, below the levels
+    # that file rooms or let anyone in.
+    jane, dm = await world.add("Jane Doe")
+    await world.bot.conversations.create_group(THERAPIST, "Tuesday", [jane], "$g")
+    await world.bot.sessions.book(THERAPIST, [jane], NOW, 30, "$session")
+    await world.say(dm.room_id, "!archive")
+    for kind, name in (
+        (CLIENTS, "Clients"),
+        (GROUPS, "Groups"),
+        (SESSIONS, "Sessions"),
+        (ARCHIVE, "Archive"),
+    ):
+        space = await world.space(kind)
+        body = gw.rooms[space]
+        assert body["name"] == name and body["invite"] == [THERAPIST]
+        levels = body["power_level_content_override"]
+        assert levels["users"] == {THERAPIST: 50}
+        assert levels["invite"] > 50 and levels["state_default"] > 50
+        assert levels["events_default"] > 90  # nobody writes in a space
+        assert (THERAPIST, space) in gw.joined  # joined as them (double puppet)
+    assert len(spaces_of(gw)) == 5
+    assert await world.bot.spaces.spaces.of(OTHER) == {}
+
 
 async def test_rooms_are_filed_as_they_are_made_and_clients_learn_nothing(world: World) -> None:
     jane, dm = await world.add("Jane Doe")
@@ -148,7 +168,7 @@ async def test_rooms_are_filed_as_they_are_made_and_clients_learn_nothing(world:
     await world.h.settle()
     assert dm.room_id in world.children(await world.space(CLIENTS))
     assert world.children(await world.space(GROUPS)) == {group.room_id}
-    assert world.children(await world.space(CLIENTS, OTHER)) == set()
+    assert await world.bot.spaces.spaces.get(OTHER, CLIENTS) is None  # none of theirs
     # A room a client is in holds no m.space.parent (they would read it, and it would change
     # on !archive); no client is ever invited to a space.
     for room in (dm.room_id, group.room_id):

@@ -1,6 +1,7 @@
 """Spaces Alcove owns: for each therapist "Clients" (their 1:1s), "Groups" (community rooms),
 "Sessions" (live text-only sessions) and "Archive" (archived conversations); and one space of
-the practice for the staff rooms (team room, Client Care rooms), for all staff.
+the practice for the staff rooms (team room, Client Care rooms), for all staff. Each is
+created when the first room goes into it.
 
 Rooms are filed with ``m.space.child`` in the space only. A room a client is in gets no
 ``m.space.parent``: that would be state of the client's own room, readable by them, naming a
@@ -234,18 +235,13 @@ class Spaces:
     # ------------------------------------------------------------------ at start-up
 
     async def repair(self) -> None:
-        """Every therapist has their four spaces and the practice its own; each space has
-        exactly the rooms that belong in it, and the members the config says."""
+        """Each space has exactly the rooms that belong in it, and the members the config
+        says; a space some room belongs in is created if it is missing. (A space is created
+        when its first room goes in: an Alcove with no conversations yet makes no spaces, so
+        starting one costs no room creations.)"""
         wanted: dict[str, set[str]] = {}
         staff_rooms: list[tuple[str, str]] = []
         try:
-            for member in self.config.staff:
-                if member.role != "therapist":
-                    continue
-                for kind in THERAPIST_SPACES:
-                    wanted.setdefault(await self.space(member.user_id, kind), set())
-            practice = await self.space(PRACTICE_OWNER, PRACTICE)
-            wanted.setdefault(practice, set())
             for owner, _kind, space_id in await self.spaces.all():
                 wanted.setdefault(space_id, set())
                 if owner == PRACTICE_OWNER or self.config.staff_member(owner) is not None:
