@@ -124,6 +124,8 @@ class Alcove:
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             await asyncio.gather(self._housekeeping, return_exceptions=True)
+        if self.runtime is not None:
+            await self.runtime.bot.stop()  # start-up work still in the background
         if self.runner is not None:
             await self.runner.cleanup()
         log.debug("web server stopped")

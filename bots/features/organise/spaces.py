@@ -16,6 +16,7 @@ made to match it as rooms are created, archived or ended, and repaired at start-
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -119,6 +120,9 @@ class Spaces:
         self.audit = audit
         self.clock = clock
         self.live_sessions: LiveSessions = _no_sessions
+        self._lock = asyncio.Lock()
+        """One change of the spaces at a time: the start-up repair runs while commands
+        already file rooms, and a space must never be created twice."""
 
     @property
     def bot(self) -> str:
@@ -192,6 +196,10 @@ class Spaces:
 
     async def file(self, room: Room) -> None:
         """Put the room in the one space it belongs in and take it out of its owner's others."""
+        async with self._lock:
+            await self._file(room)
+
+    async def _file(self, room: Room) -> None:
         kind = space_for(room.kind, room.archived)
         owner = owner_of(room)
         if kind is None or (kind != PRACTICE and not self._staff(owner)):
@@ -206,6 +214,10 @@ class Spaces:
 
     async def unfile(self, room_id: str, owner: str) -> None:
         """Take the room out of every space of its owner (a session that ended)."""
+        async with self._lock:
+            await self._unfile(room_id, owner)
+
+    async def _unfile(self, room_id: str, owner: str) -> None:
         for space_id in (await self.spaces.of(owner)).values():
             await self._remove_child(space_id, room_id)
 
@@ -239,6 +251,10 @@ class Spaces:
         says; a space some room belongs in is created if it is missing. (A space is created
         when its first room goes in: an Alcove with no conversations yet makes no spaces, so
         starting one costs no room creations.)"""
+        async with self._lock:
+            await self._repair()
+
+    async def _repair(self) -> None:
         wanted: dict[str, set[str]] = {}
         staff_rooms: list[tuple[str, str]] = []
         try:
