@@ -16,6 +16,7 @@ from bots.features.conversations.repo import CARE as CARE_KIND
 from bots.features.conversations.repo import TEAM, Client, Room
 from bots.features.organise.service import LOW_PRIORITY, WIDGETS, mute_rule
 from bots.features.organise.spaces import ARCHIVE, CLIENTS, GROUPS, PRACTICE, SESSIONS
+from bridge.matrix.gateway import PermanentError
 from tests.support.builders import DOMAIN, make_config, message
 from tests.support.fakes import FakeClock, RecordingGateway, RecordingTimers
 from tests.support.harness import BotHarness, Harnesses
@@ -394,3 +395,28 @@ async def test_video_puts_a_meeting_widget_in_the_room(
     await world.say(await world.mgmt(), "!video")
     assert "Use !video inside the conversation" in (await world.bodies(await world.mgmt()))[-1]
     assert len(await h.bot.audit.entries("video.started")) == 2
+
+
+@dataclass
+class GoneSpaceGateway(RecordingGateway):
+    """A homeserver on which one room was deleted by an admin: the bot can no longer read it."""
+
+    gone: set[str] | None = None
+
+    async def room_members(self, room_id: str) -> dict[str, str]:
+        if self.gone and room_id in self.gone:
+            raise PermanentError("not in room", status=403)
+        return await super().room_members(room_id)
+
+
+async def test_a_space_that_cannot_be_read_does_not_stop_the_repair_of_the_others(
+    build: Build,
+) -> None:
+    gw = GoneSpaceGateway(bot_user_id=BOT, existing_users={THERAPIST, OTHER, CARE})
+    world = await build(gw)
+    _, dm = await world.add("Jane Doe")
+    practice, clients = await world.space(PRACTICE), await world.space(CLIENTS)
+    gw.gone = {practice}
+    gw.state[(clients, "m.space.child", dm.room_id)] = {}  # lost: put back at the next start
+    await build(gw, world.h.clock)
+    assert world.children(clients) == {dm.room_id}

@@ -261,7 +261,10 @@ class Spaces:
             for owner, _kind, space_id in await self.spaces.all():
                 wanted.setdefault(space_id, set())
                 if owner == PRACTICE_OWNER or self.config.staff_member(owner) is not None:
-                    await self._keep_members(owner, space_id)
+                    try:
+                        await self._keep_members(owner, space_id)
+                    except PermanentError as e:  # e.g. deleted by an admin: the others go on
+                        log.error("Could not check the members of space %s: %s", space_id, e)
             for kind in (DM, GROUP, CARE, TEAM):
                 for room in await self.repo.rooms_of(None, kind):
                     target = space_for(room.kind, room.archived)
