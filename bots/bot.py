@@ -5,6 +5,7 @@ everything the bot says goes through the outbox with a key derived from the even
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from .features.conversations.governance import RoomGovernance
 from .features.conversations.management import ManagementRooms, link
 from .features.conversations.service import ConversationService
 from .features.read_receipts import hide_staff_read_receipts
+from .features.organise.service import Organiser
+from .features.organise.spaces import Spaces
 from .features.schedule.service import ScheduleService
 from .features.sessions.service import SessionService
 
@@ -54,6 +57,8 @@ class Features:
     blasts: BlastCommands
     registry: CommandRegistry
     router: CommandRouter
+    spaces: Spaces
+    organiser: Organiser
 
 
 class Bot:
@@ -89,6 +94,9 @@ class Bot:
         self.blasts = features.blasts
         self.registry = features.registry
         self.router = features.router
+        self.spaces = features.spaces
+        self.organiser = features.organiser
+        self.background: asyncio.Task[None] | None = None
 
     async def role_of(self, user_id: str) -> str | None:
         member = self.config.staff_member(user_id)
@@ -105,15 +113,32 @@ class Bot:
         await self.sessions.start()
 
     async def start(self) -> None:
-        """Start-up work: scheduled messages are re-armed; every staff member has their
-        management room; staff rooms follow the config; secrets still readable are checked;
-        staff send private read receipts (read_receipts.py)."""
+        """Start-up work: scheduled messages and timed mutes are re-armed; every staff member
+        has their management room; staff rooms follow the config; secrets still readable are
+        checked; staff send private read receipts (read_receipts.py). The spaces are repaired
+        in the background (``background``): they only organise the staff's room list, and
+        Alcove is ready without waiting for them."""
         self.timers.start()
         await self.schedule.start()
+        await self.organiser.start()
         await self.management.ensure_all()
         await self.management.start()
         await self.conversations.reconcile_staff_rooms()
         await hide_staff_read_receipts(self.config, self.gateway)
+        self.background = asyncio.create_task(self._repair_spaces(), name="spaces-repair")
+
+    async def _repair_spaces(self) -> None:
+        try:
+            await self.spaces.repair()
+        except Exception:
+            log.exception("Repairing the spaces failed; will try again at the next start")
+
+    async def stop(self) -> None:
+        """Cancel start-up work still running in the background (it resumes at the next
+        start: it is idempotent)."""
+        if self.background is not None:
+            self.background.cancel()
+            await asyncio.gather(self.background, return_exceptions=True)
 
     async def on_event(self, event: dict[str, Any]) -> None:
         await self.sessions.on_event(event)

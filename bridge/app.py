@@ -189,6 +189,8 @@ class Alcove:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        if self.runtime is not None:
+            await self.runtime.bot.stop()  # start-up work still in the background
         if self.runner is not None:
             await self.runner.cleanup()
         log.debug("web server stopped")

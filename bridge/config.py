@@ -270,6 +270,16 @@ class ApiConfig:
     webhooks: tuple[Webhook, ...] = ()
     webhook_retry_seconds: float = 5.0
     """The first retry of a failed delivery; doubled each time, at most an hour."""
+VIDEO_PROVIDERS = ("jitsi", "element_call")
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    """``!video``: the meeting a therapist starts in a conversation (a room widget)."""
+
+    provider: str = "jitsi"
+    jitsi_domain: str = "meet.jit.si"
+    element_call_url: str = "https://call.element.io"
 
 
 @dataclass(frozen=True)
@@ -287,6 +297,7 @@ class Config:
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
     path: Path | None = None
 
     @property
@@ -649,6 +660,23 @@ def _encryption(s: _Section) -> EncryptionConfig:
     )
 
 
+def _video(s: _Section) -> VideoConfig:
+    d = VideoConfig()
+    domain = s.text("jitsi_domain", d.jitsi_domain)
+    if "/" in domain or not domain:
+        raise ConfigError(
+            s.key("jitsi_domain"), f"must be a host name like meet.jit.si, got {domain!r}"
+        )
+    call_url = s.text("element_call_url", d.element_call_url).rstrip("/")
+    if urlparse(call_url).scheme != "https":
+        raise ConfigError(s.key("element_call_url"), f"must be an https:// URL, got {call_url!r}")
+    return VideoConfig(
+        provider=s.choice("provider", VIDEO_PROVIDERS, d.provider),
+        jitsi_domain=domain,
+        element_call_url=call_url,
+    )
+
+
 def _encrypted_rooms(s: _Section) -> frozenset[str]:
     return frozenset(kind for kind in ROOM_KINDS if s.flag(kind, kind in ENCRYPTED_BY_DEFAULT))
 
@@ -768,6 +796,7 @@ def parse_config(
         sessions=_read(root.section("sessions", required=False), _sessions),
         encryption=_read(root.section("encryption", required=False), _encryption),
         api=_read(root.section("api", required=False), lambda s: _api(s, staff, appservice)),
+        video=_read(root.section("video", required=False), _video),
         path=path,
     )
     root.warn_unknown()

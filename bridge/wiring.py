@@ -27,6 +27,9 @@ from bots.features.conversations.management import ManagementRooms
 from bots.features.conversations.repo import ConversationRepo
 from bots.features.conversations.service import ConversationService
 from bots.features.core.commands import COMMANDS as CORE_COMMANDS
+from bots.features.organise.commands import OrganiseCommands
+from bots.features.organise.service import Organiser
+from bots.features.organise.spaces import Spaces
 from bots.features.phrases.commands import PhraseCommands, PhraseRepo
 from bots.features.restore.commands import RestoreCommands
 from bots.features.restore.service import RestoreService
@@ -109,6 +112,10 @@ def build_bot(
         forget_room_keys,
         decrypt_events,
     )
+    spaces = Spaces(config, gateway, conversations, db, audit, clock)
+    spaces.live_sessions = sessions.live_rooms
+    conversations.spaces = spaces  # rooms are filed in their owner's spaces as they are made
+    organiser = Organiser(config, gateway, outbox, conversations, spaces, db, audit, timers, clock)
     governance = RoomGovernance(
         config,
         gateway,
@@ -150,6 +157,7 @@ def build_bot(
                     lambda room_id: _is_session_room(sessions, room_id),
                 )
             ).specs(),
+            *OrganiseCommands(organiser, conversations, outbox, gateway).specs(),
         ]
     )
     router = CommandRouter(registry, on_refused=refused_into(audit), runs=CommandRuns(db))
@@ -167,6 +175,8 @@ def build_bot(
         blasts=blasts,
         registry=registry,
         router=router,
+        spaces=spaces,
+        organiser=organiser,
     )
     return Bot(config, gateway, outbox, clock, timers, features, metrics, can_decrypt)
 

@@ -144,3 +144,21 @@ class MatrixGateway(Protocol):
         content while the homeserver still keeps it (MSC2815), and ``unsigned.redacted_because``
         when it was redacted. PermanentError with errcode
         ``FI.MAU.MSC2815_UNREDACTED_CONTENT_DELETED`` once it no longer does."""
+    async def room_state(self, room_id: str) -> list[dict[str, Any]]:
+        """Every current state event of a room the bot is in."""
+
+    async def set_room_tag(
+        self, user_id: str, room_id: str, tag: str, content: dict[str, Any]
+    ) -> None:
+        """Put a tag (``m.lowpriority``, ``m.favourite``) on a room for a user, as them."""
+
+    async def delete_room_tag(self, user_id: str, room_id: str, tag: str) -> None:
+        """Remove a user's tag from a room, as them (no error when it was not there)."""
+
+    async def set_push_rule(
+        self, user_id: str, kind: str, rule_id: str, rule: dict[str, Any]
+    ) -> None:
+        """Create or replace a push rule of the user's ``global`` ruleset, as them."""
+
+    async def delete_push_rule(self, user_id: str, kind: str, rule_id: str) -> bool:
+        """Delete a push rule of the user's, as them. False when there was none."""

@@ -136,6 +136,18 @@ class MautrixGateway:
         query: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """One request; errors become TemporaryError / PermanentError."""
+        result = await self.call_raw(api, method, path, content, query)
+        return result if isinstance(result, dict) else {}
+
+    async def call_raw(
+        self,
+        api: AlcoveAPI,
+        method: Method,
+        path: str,
+        content: dict[str, Any] | None = None,
+        query: dict[str, Any] | None = None,
+    ) -> Any:
+        """``call``, answering the JSON as it came (``/state`` answers a list)."""
         try:
             result = await api.request(
                 method, PathBuilder(path), content, query_params=query, retry_count=0
@@ -162,7 +174,7 @@ class MautrixGateway:
             self.unreachable = False
             if self.on_recovered is not None:
                 self.on_recovered()
-        return result if isinstance(result, dict) else {}
+        return result
 
     # ------------------------------------------------------------------ MatrixGateway
 
@@ -347,6 +359,44 @@ class MautrixGateway:
         await self.call(
             self.api_for(user_id), Method.PUT, self._account_data(user_id, data_type), content
         )
+
+    async def room_state(self, room_id: str) -> list[dict[str, Any]]:
+        raw = await self.call_raw(self.bot_api, Method.GET, f"{self._room(room_id)}/state")
+        return [e for e in raw if isinstance(e, dict)] if isinstance(raw, list) else []
+
+    def _tag(self, user_id: str, room_id: str, tag: str) -> str:
+        user, room = quote(user_id, safe=""), quote(room_id, safe="")
+        return f"/_matrix/client/v3/user/{user}/rooms/{room}/tags/{quote(tag, safe='')}"
+
+    async def set_room_tag(
+        self, user_id: str, room_id: str, tag: str, content: dict[str, Any]
+    ) -> None:
+        await self.call(
+            self.api_for(user_id), Method.PUT, self._tag(user_id, room_id, tag), content
+        )
+
+    async def delete_room_tag(self, user_id: str, room_id: str, tag: str) -> None:
+        await self.call(self.api_for(user_id), Method.DELETE, self._tag(user_id, room_id, tag))
+
+    @staticmethod
+    def _push_rule(kind: str, rule_id: str) -> str:
+        return (
+            f"/_matrix/client/v3/pushrules/global/{quote(kind, safe='')}/{quote(rule_id, safe='')}"
+        )
+
+    async def set_push_rule(
+        self, user_id: str, kind: str, rule_id: str, rule: dict[str, Any]
+    ) -> None:
+        await self.call(self.api_for(user_id), Method.PUT, self._push_rule(kind, rule_id), rule)
+
+    async def delete_push_rule(self, user_id: str, kind: str, rule_id: str) -> bool:
+        try:
+            await self.call(self.api_for(user_id), Method.DELETE, self._push_rule(kind, rule_id))
+            return True
+        except PermanentError as e:
+            if e.status == 404:
+                return False
+            raise
 
     async def room_members(self, room_id: str) -> dict[str, str]:
         result = await self.call(self.bot_api, Method.GET, f"{self._room(room_id)}/members")

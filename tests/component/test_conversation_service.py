@@ -110,6 +110,7 @@ async def build(harnesses: Harnesses, tmp_path: Path) -> Build:
         crypto = FakeCrypto(gateway)
         h = await harnesses.build(config, gateway, clock or FakeClock(), crypto=crypto)
         service = h.bot.conversations
+        service.spaces = None  # rooms only: spaces are tests/component/test_organise.py's
         return World(config, gateway, h.outbox, service.repo, h.bot.audit, h.clock, service, crypto)
 
     return make

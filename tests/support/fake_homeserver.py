@@ -240,6 +240,8 @@ class FakeHomeserver:
                 what = api[2]
                 if what == "send" and method == "PUT":
                     return "send", self._send
+                if what == "state" and method == "GET" and len(api) == 3:
+                    return "room_state", self._room_state
                 if what == "state":
                     return (
                         ("put_state", self._put_state)
@@ -249,6 +251,8 @@ class FakeHomeserver:
                             self._get_state,
                         )
                     )
+                if what == "members":
+                    return "members", self._members
                 if what == "messages":
                     return "messages", self._messages
                 if what in ("invite", "kick", "leave", "forget"):
@@ -412,6 +416,23 @@ class FakeHomeserver:
     def _get_state(self, _user: str, p: list[str], *_: Any) -> web.Response:
         found = self.state.get((p[4], p[6], p[7] if len(p) > 7 else ""))
         return web.json_response(found) if found is not None else self._not_found()
+
+    def _room_state(self, _user: str, p: list[str], *_: Any) -> web.Response:
+        return web.json_response(
+            [
+                {"type": t, "state_key": k, "content": c, "room_id": r}
+                for (r, t, k), c in self.state.items()
+                if r == p[4]
+            ]
+        )
+
+    def _members(self, _user: str, p: list[str], *_: Any) -> web.Response:
+        chunk = [
+            {"type": "m.room.member", "state_key": k, "content": c}
+            for (r, t, k), c in self.state.items()
+            if r == p[4] and t == "m.room.member"
+        ]
+        return web.json_response({"chunk": chunk})
 
     def _create_room(self, user: str, _p: list[str], body: dict[str, Any], *_: Any) -> web.Response:
         room_id = f"!fake{next(self._ids)}:{self.domain}"

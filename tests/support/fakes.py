@@ -297,6 +297,33 @@ class RecordingGateway:
         if isinstance(found, PermanentError):
             raise found
         return found
+    tags: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(default_factory=dict)
+    """(user, room) -> tag -> content, as the homeserver keeps them."""
+    push_rules: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    """(user, kind, rule id) -> the rule, as the homeserver keeps them."""
+
+    async def room_state(self, room_id: str) -> list[dict[str, Any]]:
+        return [
+            {"type": t, "state_key": k, "content": c, "room_id": r}
+            for (r, t, k), c in self.state.items()
+            if r == room_id
+        ]
+
+    async def set_room_tag(
+        self, user_id: str, room_id: str, tag: str, content: dict[str, Any]
+    ) -> None:
+        self.tags.setdefault((user_id, room_id), {})[tag] = content
+
+    async def delete_room_tag(self, user_id: str, room_id: str, tag: str) -> None:
+        self.tags.get((user_id, room_id), {}).pop(tag, None)
+
+    async def set_push_rule(
+        self, user_id: str, kind: str, rule_id: str, rule: dict[str, Any]
+    ) -> None:
+        self.push_rules[(user_id, kind, rule_id)] = rule
+
+    async def delete_push_rule(self, user_id: str, kind: str, rule_id: str) -> bool:
+        return self.push_rules.pop((user_id, kind, rule_id), None) is not None
 
     def bodies(self, room_id: str | None = None) -> list[str]:
         return [

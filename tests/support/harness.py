@@ -79,6 +79,7 @@ class BotHarness:
             await self.inbox.start()
 
     async def stop(self) -> None:
+        await self.bot.stop()  # start-up work in the background (the spaces' repair)
         if self.with_inbox:
             await self.inbox.stop()
         await self.outbox.stop()

@@ -34,6 +34,12 @@ class Room:
     therapist_id: str | None
     client_id: str | None
     title: str | None
+    archived_at: int | None = None
+    """When the therapist archived it (``!archive``); None: not archived."""
+
+    @property
+    def archived(self) -> bool:
+        return self.archived_at is not None
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,7 @@ def _secret(r: Any) -> Secret:
 
 _CLIENT = "user_id, therapist_id, full_name, initials, email, external_id"
 _ROOM = "room_id, kind, therapist_id, client_id, title"
+_ROOM_READ = f"{_ROOM}, archived_at"
 
 
 def _client(r: Any) -> Client:
@@ -73,7 +80,15 @@ def _client(r: Any) -> Client:
 
 
 def _room(r: object) -> Room:
-    return Room(r["room_id"], r["kind"], r["therapist_id"], r["client_id"], r["title"])  # type: ignore[index]
+    archived = r["archived_at"]  # type: ignore[index]
+    return Room(
+        r["room_id"],  # type: ignore[index]
+        r["kind"],  # type: ignore[index]
+        r["therapist_id"],  # type: ignore[index]
+        r["client_id"],  # type: ignore[index]
+        r["title"],  # type: ignore[index]
+        int(archived) if archived is not None else None,
+    )
 
 
 class ConversationRepo:
@@ -159,18 +174,20 @@ class ConversationRepo:
         )
 
     async def room(self, room_id: str) -> Room | None:
-        row = await self.db.fetchrow(f"SELECT {_ROOM} FROM conv_room WHERE room_id = $1", room_id)
+        row = await self.db.fetchrow(
+            f"SELECT {_ROOM_READ} FROM conv_room WHERE room_id = $1", room_id
+        )
         return _room(row) if row else None
 
     async def room_by_origin(self, origin_event: str) -> Room | None:
         row = await self.db.fetchrow(
-            f"SELECT {_ROOM} FROM conv_room WHERE origin_event = $1", origin_event
+            f"SELECT {_ROOM_READ} FROM conv_room WHERE origin_event = $1", origin_event
         )
         return _room(row) if row else None
 
     async def dm_of(self, therapist_id: str, client_id: str) -> Room | None:
         row = await self.db.fetchrow(
-            f"SELECT {_ROOM} FROM conv_room WHERE kind = $1 AND therapist_id = $2"
+            f"SELECT {_ROOM_READ} FROM conv_room WHERE kind = $1 AND therapist_id = $2"
             " AND client_id = $3",
             DM,
             therapist_id,
@@ -187,16 +204,21 @@ class ConversationRepo:
     async def rooms_of(self, therapist_id: str | None, kind: str) -> list[Room]:
         if therapist_id is None:
             rows = await self.db.fetch(
-                f"SELECT {_ROOM} FROM conv_room WHERE kind = $1 ORDER BY created_at", kind
+                f"SELECT {_ROOM_READ} FROM conv_room WHERE kind = $1 ORDER BY created_at", kind
             )
         else:
             rows = await self.db.fetch(
-                f"SELECT {_ROOM} FROM conv_room WHERE therapist_id = $1 AND kind = $2"
+                f"SELECT {_ROOM_READ} FROM conv_room WHERE therapist_id = $1 AND kind = $2"
                 " ORDER BY created_at",
                 therapist_id,
                 kind,
             )
         return [_room(r) for r in rows]
+
+    async def set_archived(self, room_id: str, at_ms: int | None) -> None:
+        await self.db.execute(
+            "UPDATE conv_room SET archived_at = $1 WHERE room_id = $2", at_ms, room_id
+        )
 
     async def set_title(self, room_id: str, title: str) -> None:
         await self.db.execute("UPDATE conv_room SET title = $1 WHERE room_id = $2", title, room_id)

@@ -182,6 +182,24 @@ def staff_room_body(
     )
 
 
+def space_body(name: str, members: dict[str, int], topic: str) -> dict[str, Any]:
+    """A space Alcove owns (``m.space``): its members (staff only, never a client) below the
+    state and invite levels, so only the bot files rooms in it and nobody can be let in; and
+    nobody writes in it (a space is a folder, not a chat). Never encrypted: it holds no
+    messages, only the list of its rooms."""
+    body = create_body(
+        name=name,
+        invite=sorted(members),
+        staff=members,
+        history="shared",
+        is_direct=False,
+        topic=topic,
+    )
+    body["creation_content"]["type"] = "m.space"
+    body["power_level_content_override"]["events_default"] = BOT_ONLY
+    return body
+
+
 class TemplateError(ValueError):
     pass
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from bridge.clock import Clock, ms
 from bridge.config import Config
 from bridge.db.audit_repo import AuditLog
-from bridge.matrix.gateway import MatrixGateway, PermanentError
+from bridge.matrix.gateway import MatrixGateway, MatrixSendError, PermanentError
 from bridge.matrix.outbox import Outbox
 
 from ...bot_types import Sender, notice
@@ -77,6 +77,14 @@ class ClientLookupError(Exception):
         self.private = private
 
 
+class RoomFiling(Protocol):
+    """Where rooms are filed for their owners (spaces: bots/features/organise/spaces.py)."""
+
+    async def file(self, room: Room) -> None: ...
+
+    async def unfile(self, room_id: str, owner: str) -> None: ...
+
+
 class ConversationService:
     def __init__(
         self,
@@ -100,6 +108,8 @@ class ConversationService:
         self.management = management or ManagementRooms(
             config, gateway, cast(Outbox, outbox), repo, audit, clock, self.voice
         )
+        self.spaces: RoomFiling | None = None
+        """Set by the composition root: rooms are filed in their owner's spaces."""
 
     @property
     def bot(self) -> str:
@@ -125,6 +135,28 @@ class ConversationService:
 
     async def members(self, room_id: str) -> list[str]:
         return await self.repo.members(room_id)
+
+    # ------------------------------------------------------------------ spaces
+
+    async def file_room(self, room: Room) -> None:
+        """File the room in its owner's spaces. A failure is logged, never the caller's: the
+        spaces are repaired at the next start-up."""
+        if self.spaces is None:
+            return
+        try:
+            await self.spaces.file(room)
+        except MatrixSendError as e:
+            log.warning(
+                "Could not file %s in its space (repaired at start-up): %s", room.room_id, e
+            )
+
+    async def unfile_room(self, room_id: str, owner: str) -> None:
+        if self.spaces is None:
+            return
+        try:
+            await self.spaces.unfile(room_id, owner)
+        except MatrixSendError as e:
+            log.warning("Could not take %s out of its space (repaired at start-up): %s", room_id, e)
 
     # ------------------------------------------------------------------ clients
 
@@ -299,6 +331,7 @@ class ConversationService:
             room = Room(room_id, DM, therapist, client.user_id, client.full_name)
             await self.repo.add_room(room, ms(self.clock), origin_event)
             await self.audit.record(therapist, "room.created", client.user_id, room_id, kind=DM)
+        await self.file_room(room)
         await self.gateway.join_room(client.user_id, room.room_id)
         await self._mark_direct(client.user_id, therapist, room.room_id)
         speaker = await self.join_as_staff(therapist, room.room_id)
@@ -403,6 +436,7 @@ class ConversationService:
             room = Room(room_id, GROUP, therapist, None, title)
             await self.repo.add_room(room, ms(self.clock), origin_event)
             await self.audit.record(therapist, "room.created", None, room_id, kind=GROUP)
+        await self.file_room(room)
         await self.join_as_staff(therapist, room.room_id)
         for client in clients:
             await self._join_group(room, client, therapist)
@@ -570,6 +604,7 @@ class ConversationService:
             room = Room(room_id, kind, therapist, None, name)
             await self.repo.add_room(room, ms(self.clock))
             await self.audit.record(self.bot, "room.created", therapist, room_id, kind=kind)
+            await self.file_room(room)
         pl = await self.gateway.get_state(room.room_id, "m.room.power_levels") or {}
         current = set(pl.get("users", {}))
         if pl.get("users") != levels:  # a new member, a removed one, or a changed role

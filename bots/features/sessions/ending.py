@@ -137,6 +137,8 @@ class SessionEnding:
             return
         await self.repo.transition(session_id, (*LIVE, ENDING), ENDING)
         self._disarm(session_id)
+        if session.room_id:  # out of the therapist's "Sessions" space from the end on
+            await self.conversations.unfile_room(session.room_id, session.therapist_id)
         try:
             await self._purge(session, reason)
         except (MatrixSendError, PurgeFailed, TimeoutError) as e:

@@ -104,6 +104,16 @@ class SessionRepo:
         )
         return {str(r["room_id"]) for r in rows}
 
+    async def live_rooms(self) -> list[tuple[str, str]]:
+        rows = await self.db.fetch(
+            "SELECT room_id, therapist_id FROM text_session WHERE room_id IS NOT NULL"
+            " AND status IN ($1, $2, $3)",
+            SCHEDULED,
+            PREPARED,
+            OPEN,
+        )
+        return [(str(r["room_id"]), str(r["therapist_id"])) for r in rows]
+
     async def unfinished(self) -> list[Session]:
         rows = await self.db.fetch(
             f"SELECT {_COLS} FROM text_session WHERE status IN ($1, $2, $3, $4) ORDER BY end_at",

@@ -20,7 +20,7 @@ from bridge.metrics import Metrics
 from bridge.timers import Timers
 
 from ..conversations import rules
-from ..conversations.repo import Client
+from ..conversations.repo import Client, Room
 from ..conversations.service import ConversationService
 from ..schedule.timeparse import local_text
 from .ending import CANCELLED_REASON, DecryptEvents, ForgetKeys, Scrub, SessionEnding
@@ -78,6 +78,9 @@ class SessionService(SessionEnding):
     async def live_with(self, client_id: str) -> list[int]:
         """Sessions not ended yet that include the client (their erasure waits for these)."""
         return [s.id for s in await self.repo.unfinished() if client_id in s.clients]
+    async def live_rooms(self) -> list[tuple[str, str]]:
+        """(room id, therapist) of every session room not ending or ended (its space)."""
+        return await self.repo.live_rooms()
 
     async def pending_purge(self) -> int:
         """How many ended sessions still wait for their purge (a metric)."""
@@ -217,6 +220,9 @@ class SessionService(SessionEnding):
         self.room_ids.add(room_id)
         await self.repo.update(session.id, room_id=room_id)
         await self.audit.record(session.therapist_id, "room.created", None, room_id, kind="session")
+        await self.conversations.file_room(
+            Room(room_id, "session", session.therapist_id, None, None)
+        )
         return room_id
 
     async def remind(self, session_id: int) -> None:

@@ -21,6 +21,7 @@ from . import (  # noqa: E402,F401  (import order is version order)
     v09_management_rooms,
     v10_crypto_rooms,
     v11_api,
+    v12_spaces_archive_mute,
 )
 
 __all__ = ["upgrade_table"]

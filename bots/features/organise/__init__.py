@@ -1,0 +1,1 @@
+"""Organising conversations (issue 12): spaces per therapist, archive, find, mute, video."""
