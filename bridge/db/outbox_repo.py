@@ -132,8 +132,8 @@ class OutboxRepo:
         )
         return [_row(r) for r in rows]
 
-    async def mark_sent_many(self, items: list[tuple[int, str, int]]) -> None:
-        """(seq, event id, sent at) for each, in one transaction (see bridge/batcher.py)."""
+    async def finish_many(self, items: list[tuple[int, str, int]]) -> None:
+        """Sent: (seq, event id, sent at) for each, in one transaction (bridge/batcher.py)."""
         # One statement for the batch (one database round trip, not one per message). Content
         # is dropped once the homeserver has it: Alcove is not a message archive.
         async with transaction(self.db):
@@ -152,7 +152,8 @@ class OutboxRepo:
             seq,
         )
 
-    async def mark_failed(self, seq: int, attempts: int, error: str) -> None:
+    async def mark_failed(self, seq: int, attempts: int, now_ms: int, error: str) -> None:
+        """Given up (``now_ms`` is not kept: the outbox records only when a message was sent)."""
         await self.db.execute(
             "UPDATE outbox SET status = $1, attempts = $2, content = NULL, error = $3"
             " WHERE seq = $4",
