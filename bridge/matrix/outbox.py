@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
+from ..batcher import GroupCommit
 from ..clock import Clock, ms
 from ..db.outbox_repo import PENDING, SENT, DeviceRepo, OutboxRepo, OutboxRow
 from ..delayed import backoff
@@ -56,6 +57,8 @@ def txn_id_for(sender: str, key: str) -> str:
     return "alcove." + hashlib.sha256(f"{sender}\x00{key}".encode()).hexdigest()[:40]
 
 
+NewRow = tuple[str, str, str, str, dict[str, Any], str]
+"""(key, sender, room id, event type, content, txn id): a message to write down."""
 SentMark = tuple[int, str, int]
 """(seq, event id, sent at ms)."""
 
@@ -102,6 +105,9 @@ class Outbox:
             resume_when_due=False,
         )
         self.waiters: Waiters[str, OutboxRow] = Waiters()
+        self._insert: GroupCommit[NewRow, tuple[OutboxRow, bool]] = GroupCommit(
+            "outbox-insert", repo.db, self._insert_many
+        )
         self._device_cache: dict[str, str | None] = {}
         self._device_epoch: dict[str, int] = {}
         self._device_lock = asyncio.Lock()
@@ -130,16 +136,14 @@ class Outbox:
         event_type: str = "m.room.message",
     ) -> tuple[OutboxRow, bool]:
         """Write the message down without handing it to a worker: for use inside a database
-        transaction that must commit together with it. Call ``submit`` after the commit."""
-        return await self.repo.insert(
-            key,
-            sender,
-            room_id,
-            event_type,
-            marked(event_type, content),
-            txn_id_for(sender, key),
-            ms(self.clock),
+        transaction that must commit together with it. Call ``submit`` after the commit.
+        Outside a transaction, messages written at the same time share a commit."""
+        return await self._insert(
+            (key, sender, room_id, event_type, marked(event_type, content), txn_id_for(sender, key))
         )
+
+    async def _insert_many(self, items: list[NewRow]) -> list[tuple[OutboxRow, bool]]:
+        return await self.repo.insert_many(items, ms(self.clock))
 
     async def prepare_many(
         self, items: list[tuple[str, str, str, dict[str, Any]]], event_type: str = "m.room.message"
