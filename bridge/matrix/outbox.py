@@ -22,7 +22,7 @@ from ..db.outbox_repo import PENDING, SENT, DeviceRepo, OutboxRepo, OutboxRow
 from ..delayed import backoff
 from ..metrics import Metrics
 from ..queue import Decision, DurableQueue, GiveUp, Retry, Waiters
-from .gateway import MatrixGateway, PermanentError, TemporaryError
+from .gateway import MatrixGateway, MatrixSendError, PermanentError, TemporaryError
 
 log = logging.getLogger("alcove.outbox")
 
@@ -63,7 +63,7 @@ SentMark = tuple[int, str, int]
 """(seq, event id, sent at ms)."""
 
 
-class _UnknownDevice(Exception):
+class _UnknownDevice(MatrixSendError):
     """The acting device was gone; it has been recreated: send again at once."""
 
 
@@ -235,21 +235,24 @@ class Outbox:
         )
 
     async def decide(self, row: OutboxRow, attempts: int, error: Exception) -> Decision:
+        """A refusal gives up at once; the homeserver's trouble waits its ``retry_after`` or
+        backs off, up to ``max_attempts``; so does anything else (a bug, or encryption failing
+        for now), logged with its traceback when given up."""
+        bug = not isinstance(error, MatrixSendError)
         if isinstance(error, PermanentError):
             return GiveUp(str(error))
         if attempts >= self.max_attempts:
-            return GiveUp(str(error))
+            return GiveUp(
+                f"{type(error).__name__}: {error}" if bug else str(error), error if bug else None
+            )
         if isinstance(error, _UnknownDevice):
             delay, note = 0.0, None
-        elif isinstance(error, TemporaryError):
-            delay = (
-                error.retry_after
-                if error.retry_after is not None
-                else backoff(attempts, self.retry_base_seconds)
-            )
-            note = f"{error.status or 'network'}, max {self.max_attempts}"
+        elif isinstance(error, TemporaryError) and error.retry_after is not None:
+            delay, note = error.retry_after, f"{error.status or 'network'}, max {self.max_attempts}"
         else:
-            return GiveUp(f"{type(error).__name__}: {error}", error)  # a bug
+            delay = backoff(attempts, self.retry_base_seconds)
+            what = type(error).__name__ if bug else (getattr(error, "status", None) or "network")
+            note = f"{what}, max {self.max_attempts}"
         self.metrics.outbox_retries.inc()
         return Retry(delay, note)
 
