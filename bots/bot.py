@@ -9,12 +9,14 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from bridge.clock import Clock, ms
 from bridge.config import Config
 from bridge.db.audit_repo import AuditLog
-from bridge.matrix.gateway import MatrixGateway
+from bridge.delayed import backoff
+from bridge.matrix.gateway import MatrixGateway, MatrixSendError
 from bridge.matrix.outbox import Outbox
 from bridge.metrics import Metrics
 from bridge.timers import Timers
@@ -38,6 +40,11 @@ from .features.schedule.service import ScheduleService
 from .features.sessions.service import SessionService
 
 log = logging.getLogger("alcove.bot")
+
+STAFF_ROOMS_TIMER = "staff-rooms"
+STAFF_ROOMS_RETRY_SECONDS = 10.0
+"""The first retry of the staff rooms' set-up; doubled each time, up to the cap."""
+STAFF_ROOMS_RETRY_CAP = 600.0
 
 
 @dataclass
@@ -113,17 +120,17 @@ class Bot:
         await self.sessions.start()
 
     async def start(self) -> None:
-        """Start-up work: scheduled messages and timed mutes are re-armed; every staff member
-        has their management room; staff rooms follow the config; secrets still readable are
-        checked; staff send private read receipts (read_receipts.py). The spaces are repaired
-        in the background (``background``): they only organise the staff's room list, and
-        Alcove is ready without waiting for them."""
+        """Start-up work: scheduled messages and timed mutes are re-armed; secrets still
+        readable are checked; every staff member has their management room and staff rooms
+        follow the config (tried again while running when the homeserver fails); staff send
+        private read receipts (read_receipts.py). The spaces are repaired in the background
+        (``background``): they only organise the staff's room list, and Alcove is ready without
+        waiting for them."""
         self.timers.start()
         await self.schedule.start()
         await self.organiser.start()
-        await self.management.ensure_all()
         await self.management.start()
-        await self.conversations.reconcile_staff_rooms()
+        await self.set_up_staff_rooms()
         await hide_staff_read_receipts(self.config, self.gateway)
         self.background = asyncio.create_task(self._repair_spaces(), name="spaces-repair")
 
@@ -139,6 +146,29 @@ class Bot:
         if self.background is not None:
             self.background.cancel()
             await asyncio.gather(self.background, return_exceptions=True)
+
+    async def set_up_staff_rooms(self, attempt: int = 1) -> None:
+        """Management rooms and staff rooms as the config says. When the homeserver fails
+        (it restarts, it is overloaded), a timer tries again with backoff, up to
+        STAFF_ROOMS_RETRY_CAP apart, until it works."""
+        try:
+            done = await self.management.ensure_all()
+            await self.conversations.reconcile_staff_rooms()
+        except MatrixSendError as e:
+            log.error("Could not set up the staff rooms (%s)", e)
+            done = False
+        if done:
+            if attempt > 1:
+                log.info("Staff rooms set up (attempt %d)", attempt)
+            return
+        delay = backoff(attempt, STAFF_ROOMS_RETRY_SECONDS, cap=STAFF_ROOMS_RETRY_CAP)
+        log.warning("Setting up the staff rooms again in %.0f s", delay)
+        self.timers.arm(
+            STAFF_ROOMS_TIMER,
+            self.clock.now() + timedelta(seconds=delay),
+            self.set_up_staff_rooms,
+            attempt + 1,
+        )
 
     async def on_event(self, event: dict[str, Any]) -> None:
         await self.sessions.on_event(event)

@@ -20,7 +20,6 @@ from .crypto.machine import Crypto
 from .crypto.seams import wait_key
 from .db.database import open_database, redact_url
 from .errors import StartupError
-from .matrix.gateway import MatrixSendError
 from .metrics import Metrics
 from .startup import run_startup
 from .web.server import READY, build_web_app
@@ -99,10 +98,7 @@ class Alcove:
         await self.inbox.start()
         self.catchup.start()
         self.catchup.request("start-up")
-        try:
-            await self.bot.start()
-        except MatrixSendError as e:
-            log.error("Could not set up the staff rooms (%s); will try again at the next start", e)
+        await self.bot.start()  # the staff rooms' set-up is retried by a timer when it fails
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
         self._settle = asyncio.create_task(self._settled_catch_up(), name="settle-catch-up")
         self.web[READY].update(ready=True, reason="")

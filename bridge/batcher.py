@@ -14,6 +14,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from mautrix.util.async_db import Database
+from mautrix.util.async_db.database import conn_var
+
+from .db.database import transaction
+
 T = TypeVar("T")
 log = logging.getLogger("alcove.batcher")
 
@@ -77,3 +82,57 @@ class Batcher(Generic[T]):
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         await self.flush()
+
+
+R = TypeVar("R")
+
+
+class GroupCommit(Generic[T, R]):
+    """Group commit for writes that must be durable before their caller goes on (an outbox row
+    before its send, the record of a command that ran): concurrent callers' items are written
+    together in one database transaction — one commit, one fsync on SQLite — and each caller
+    gets its own result, or the batch's error. No timer: a batch is whatever arrived while the
+    previous one was being written, so a lone caller waits for nothing.
+
+    A caller already inside a database transaction writes at once, in that transaction (its
+    write must commit or roll back with the rest)."""
+
+    def __init__(
+        self,
+        name: str,
+        db: Database,
+        write: Callable[[list[T]], Awaitable[list[R]]],
+        max_items: int = 200,
+    ) -> None:
+        self.name = name
+        self.db = db
+        self.write = write
+        self.max_items = max_items
+        self._items: list[tuple[T, asyncio.Future[R]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def __call__(self, item: T) -> R:
+        if conn_var.get(None) is not None:  # inside a transaction (or a held connection)
+            (result,) = await self.write([item])
+            return result
+        fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._items.append((item, fut))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name=f"group-commit:{self.name}")
+        return await fut
+
+    async def _run(self) -> None:
+        await asyncio.sleep(0)  # callers of this same turn of the loop join the first batch
+        while self._items:
+            batch, self._items = self._items[: self.max_items], self._items[self.max_items :]
+            try:
+                async with transaction(self.db):
+                    results = await self.write([item for item, _ in batch])
+            except Exception as e:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            for (_, fut), result in zip(batch, results, strict=True):
+                if not fut.done():
+                    fut.set_result(result)

@@ -4,24 +4,23 @@ handled in order per room and in parallel across rooms.
 accept()  ← web/transactions.py, after authentication and parsing
    │ persist (dedupe by event id) → 200 to Synapse
    ▼
-KeyedWorkers (one ordered lane per room) → handler(event dict) → done / retry / failed
+DurableQueue (bridge/queue.py: one ordered lane per room) → handler(event dict)
+   → done / retry / deferred (parked until woken) / failed
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .batcher import Batcher
 from .clock import Clock, ms
 from .config import InboxConfig
 from .db.inbox_repo import InboxRepo, InboxRow
 from .delayed import DelayQueue, backoff
 from .matrix.gateway import TemporaryError
 from .metrics import Metrics
-from .workers import KeyedWorkers
+from .queue import Decision, DurableQueue, GiveUp, Parked, Retry
 
 log = logging.getLogger("alcove.inbox")
 
@@ -53,7 +52,15 @@ class Deferred(Exception):
         encrypted event as it is, so its room is told Alcove cannot read it."""
 
 
+DoneMark = tuple[int, int]
+"""(seq, finished at ms)."""
+
+
 class Inbox:
+    """The durable queue configured for events: persisted before Synapse hears 200, handled
+    by ``handler``; a bug is retried ``max_attempts`` times, the homeserver's trouble for up to
+    TEMPORARY_RETRY_SECONDS; an event that raises ``Deferred`` is parked until woken."""
+
     def __init__(
         self,
         repo: InboxRepo,
@@ -67,19 +74,20 @@ class Inbox:
         self.clock = clock
         self.metrics = metrics
         self.config = config
-        self.workers: KeyedWorkers[InboxRow] = KeyedWorkers(
-            "inbox", self._process, config.concurrency
+        # "Handled" marks are group-committed: losing one in a crash only means the event is
+        # handled again, and handlers are idempotent (outbox keys, recorded steps).
+        self.queue: DurableQueue[InboxRow, DoneMark] = DurableQueue(
+            "inbox",
+            repo,
+            self,
+            clock,
+            concurrency=config.concurrency,
+            done_name="inbox-done",
+            resume_when_due=True,
         )
-        self.retries: DelayQueue[InboxRow] = DelayQueue(clock, self._submit, "inbox-retry")
-        self._queued: set[int] = set()  # seqs queued or in flight: bounded by pending rows
         self._parked: dict[int, str] = {}  # deferred rows (seq → what they wait for)
         self._waiting: dict[str, list[InboxRow]] = {}
         self.rechecks: DelayQueue[InboxRow] = DelayQueue(clock, self._unpark, "inbox-wait")
-        self._started = False
-        self._lock = asyncio.Lock()
-        # "Handled" marks are group-committed: losing one in a crash only means the event is
-        # handled again, and handlers are idempotent (outbox keys, recorded steps).
-        self._finished: Batcher[tuple[int, int]] = Batcher("inbox-done", repo.finish_many)
 
     async def accept(self, txn_id: str, events: list[dict[str, Any]]) -> int:
         """Persist a transaction's room events. Returns how many were new."""
@@ -99,60 +107,62 @@ class Inbox:
                 txn_id,
                 len(events) - len(valid),
             )
-        async with self._lock:
+        async with self.queue.lock:
             new = await self.repo.add(txn_id, valid, ms(self.clock))
             self.metrics.inbox_events.labels(outcome="received").inc(len(new))
             self.metrics.inbox_events.labels(outcome="duplicate").inc(len(valid) - len(new))
-            if self._started:
-                for row in new:
-                    self._submit(row)
+            self.queue.offer(new)
         return [row.event_id for row in new]
 
     async def start(self) -> int:
         """Process what a previous run left unprocessed (in order), then everything new."""
-        async with self._lock:
-            pending = await self.repo.pending()
-            now = ms(self.clock)
-            for row in pending:
-                delay = (row.next_attempt_at - now) / 1000
-                if row.attempts and delay > 0:
-                    self.retries.add(delay, row)
-                else:
-                    self._submit(row)
-            self._started = True
-        self._finished.start()
-        self.retries.start()
+        pending = await self.queue.start()
         self.rechecks.start()
         if pending:
             log.info("Resuming %d unprocessed inbox events from before the restart", len(pending))
         return len(pending)
 
-    def _submit(self, row: InboxRow) -> None:
-        if row.seq in self._queued:
-            return
-        self._queued.add(row.seq)
-        self.workers.submit(row.room_id, row)
+    # The queue's policy.
 
-    async def _process(self, row: InboxRow) -> None:
+    def describe(self, row: InboxRow) -> str:
+        return f"Event {row.event_id} in {row.room_id}"
+
+    async def work(self, row: InboxRow) -> DoneMark:
         log.debug("Handling %s %s in %s", row.event.get("type"), row.event_id, row.room_id)
-        try:
-            with self.metrics.handler_seconds.time():
-                await self.handler(row.event)
-        except asyncio.CancelledError:
-            self._queued.discard(row.seq)
-            raise
-        except Deferred as d:
-            await self._defer(row, d)
-            return
-        except Exception as e:
-            await self._failed(row, e)
-            return
-        self._queued.discard(row.seq)
-        self._finished.add((row.seq, ms(self.clock)))
+        with self.metrics.handler_seconds.time():
+            await self.handler(row.event)
         self.metrics.inbox_events.labels(outcome="done").inc()
+        return (row.seq, ms(self.clock))
 
-    async def _defer(self, row: InboxRow, deferred: Deferred) -> None:
-        self._queued.discard(row.seq)
+    def finished(self, row: InboxRow, mark: DoneMark) -> None:
+        pass
+
+    def failed(self, row: InboxRow, attempts: int, reason: str) -> None:
+        self.metrics.inbox_events.labels(outcome="failed").inc()
+
+    async def decide(self, row: InboxRow, attempts: int, error: Exception) -> Decision:
+        """A bug gives up after ``max_attempts``; the homeserver's trouble (TemporaryError:
+        5xx, 429, unreachable) is retried, at most a minute apart, until it has lasted
+        TEMPORARY_RETRY_SECONDS — a restart or a burst of 429s longer than the few seconds
+        ``max_attempts`` spans must not drop a command."""
+        if isinstance(error, Deferred):
+            return await self._defer(row, error)
+        reason = f"{type(error).__name__}: {error}"
+        temporary = isinstance(error, TemporaryError)
+        waited = (ms(self.clock) - row.received_at) / 1000
+        if (not temporary and attempts >= self.config.max_attempts) or (
+            temporary and waited >= TEMPORARY_RETRY_SECONDS
+        ):
+            return GiveUp(reason, error)
+        self.metrics.inbox_events.labels(outcome="retried").inc()
+        delay = backoff(attempts, self.config.retry_base_seconds, cap=60.0 if temporary else 300.0)
+        limit = "" if temporary else f"of {self.config.max_attempts}, "
+        return Retry(delay, f"{limit}{type(error).__name__}")
+
+    async def _defer(self, row: InboxRow, deferred: Deferred) -> Decision:
+        """Park the row until ``wake(deferred.key)`` (or the recheck), without using up an
+        attempt; past ``give_up_seconds`` run ``give_up`` (the event counts as handled) or
+        mark it failed."""
         now = ms(self.clock)
         waited = (now - row.received_at) / 1000
         if waited >= deferred.give_up_seconds:
@@ -163,18 +173,17 @@ class Inbox:
                 deferred.give_up_seconds / 60,
                 deferred,
             )
-            if deferred.give_up is not None:
-                try:
-                    await deferred.give_up()
-                except Exception as e:
-                    await self._failed(row, e)
-                    return
-                self._finished.add((row.seq, now))
-                self.metrics.inbox_events.labels(outcome="given_up").inc()
-                return
-            await self.repo.mark_failed(row.seq, row.attempts, now, str(deferred)[:500])
-            self.metrics.inbox_events.labels(outcome="failed").inc()
-            return
+            if deferred.give_up is None:
+                await self.repo.mark_failed(row.seq, row.attempts, now, str(deferred)[:500])
+                self.metrics.inbox_events.labels(outcome="failed").inc()
+                return Parked()
+            try:
+                await deferred.give_up()
+            except Exception as e:
+                return await self.decide(row, row.attempts + 1, e)
+            self.queue.finish(row, (row.seq, now))
+            self.metrics.inbox_events.labels(outcome="given_up").inc()
+            return Parked()
         delay = min(RECHECK_SECONDS, deferred.give_up_seconds - waited)
         next_at = now + int(delay * 1000)
         await self.repo.mark_retry(row.seq, row.attempts, next_at, str(deferred)[:500])
@@ -183,6 +192,7 @@ class Inbox:
         self._parked[row.seq] = deferred.key
         self._waiting.setdefault(deferred.key, []).append(row)
         self.rechecks.add(delay, row)
+        return Parked()
 
     def wake(self, key: str) -> int:
         """What ``key`` names has arrived: handle the events waiting for it now. Returns how
@@ -190,7 +200,7 @@ class Inbox:
         rows = self._waiting.pop(key, [])
         for row in rows:
             if self._parked.pop(row.seq, None) is not None:
-                self._submit(row)
+                self.queue.submit(row)
         return len(rows)
 
     def _unpark(self, row: InboxRow) -> None:
@@ -202,52 +212,7 @@ class Inbox:
             waiting.remove(row)
             if not waiting:
                 self._waiting.pop(key, None)
-        self._submit(row)
-
-    async def _failed(self, row: InboxRow, error: Exception) -> None:
-        """A handler failed: retry with backoff. A bug gives up after ``max_attempts``; the
-        homeserver's trouble (TemporaryError: 5xx, 429, unreachable) is retried, at most a
-        minute apart, until it has lasted TEMPORARY_RETRY_SECONDS — a restart or a burst of
-        429s longer than the few seconds ``max_attempts`` spans must not drop a command."""
-        self._queued.discard(row.seq)
-        attempts = row.attempts + 1
-        reason = f"{type(error).__name__}: {error}"[:500]
-        temporary = isinstance(error, TemporaryError)
-        waited = (ms(self.clock) - row.received_at) / 1000
-        if (not temporary and attempts >= self.config.max_attempts) or (
-            temporary and waited >= TEMPORARY_RETRY_SECONDS
-        ):
-            log.error(
-                "Event %s in %s failed %d times, giving up: %s",
-                row.event_id,
-                row.room_id,
-                attempts,
-                type(error).__name__,
-                exc_info=error,
-            )
-            await self.repo.mark_failed(row.seq, attempts, ms(self.clock), reason)
-            self.metrics.inbox_events.labels(outcome="failed").inc()
-            return
-        delay = backoff(attempts, self.config.retry_base_seconds, cap=60.0 if temporary else 300.0)
-        log.warning(
-            "Event %s in %s failed (attempt %d%s, %s); retrying in %.1fs",
-            row.event_id,
-            row.room_id,
-            attempts,
-            "" if temporary else f"/{self.config.max_attempts}",
-            type(error).__name__,
-            delay,
-        )
-        log.debug("Failure detail for %s", row.event_id, exc_info=error)
-        next_at = ms(self.clock) + int(delay * 1000)
-        await self.repo.mark_retry(row.seq, attempts, next_at, reason)
-        self.metrics.inbox_events.labels(outcome="retried").inc()
-        self.retries.add(
-            delay,
-            InboxRow(
-                row.seq, row.event_id, row.room_id, row.event, attempts, next_at, row.received_at
-            ),
-        )
+        self.queue.submit(row)
 
     async def refresh_metrics(self) -> None:
         depth, oldest = await self.repo.depth()
@@ -261,12 +226,8 @@ class Inbox:
 
     async def join(self) -> None:
         """Wait until every submitted event has been handled and recorded (tests, shutdown)."""
-        await self.workers.join()
-        await self._finished.flush()
+        await self.queue.join()
 
     async def stop(self, timeout: float = 10.0) -> None:
-        self._started = False
-        await self.retries.stop()
         await self.rechecks.stop()
-        await self.workers.stop(timeout)
-        await self._finished.stop()
+        await self.queue.stop(timeout)

@@ -6,13 +6,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from mautrix.util.async_db import Database
-
 from .database import transaction
+from .queue_repo import FAILED as FAILED
+from .queue_repo import QueueTable
 
 PENDING = "pending"
 DONE = "done"
-FAILED = "failed"
 ADD_CHUNK = 100  # events per INSERT: 300 parameters, well below either database's limit
 
 
@@ -39,9 +38,10 @@ def _row(record: Any) -> InboxRow:
     )
 
 
-class InboxRepo:
-    def __init__(self, db: Database) -> None:
-        self.db = db
+class InboxRepo(QueueTable):
+    table = "inbox_event"
+    payload = "body"
+    finished_at = "finished_at"
 
     async def add(self, txn_id: str, events: list[dict[str, Any]], now_ms: int) -> list[InboxRow]:
         """Persist a transaction's events in one database transaction. Returns only the events
@@ -95,31 +95,13 @@ class InboxRepo:
         rooms included: their ids are kept like any other, their text is not."""
         if not items:
             return
-        await self.db.executemany(
-            "UPDATE inbox_event SET status = $1, body = NULL, finished_at = $2,"
-            " error = NULL WHERE seq = $3",
-            [(DONE, now_ms, seq) for seq, now_ms in items],
-        )
-
-    async def mark_retry(self, seq: int, attempts: int, next_attempt_at: int, error: str) -> None:
-        await self.db.execute(
-            "UPDATE inbox_event SET attempts = $1, next_attempt_at = $2, error = $3 WHERE seq = $4",
-            attempts,
-            next_attempt_at,
-            error,
-            seq,
-        )
-
-    async def mark_failed(self, seq: int, attempts: int, now_ms: int, error: str) -> None:
-        await self.db.execute(
-            "UPDATE inbox_event SET status = $1, attempts = $2, body = NULL, finished_at = $3,"
-            " error = $4 WHERE seq = $5",
-            FAILED,
-            attempts,
-            now_ms,
-            error,
-            seq,
-        )
+        # In one transaction: on SQLite each statement outside one commits (and syncs) alone.
+        async with transaction(self.db):
+            await self.db.executemany(
+                "UPDATE inbox_event SET status = $1, body = NULL, finished_at = $2,"
+                " error = NULL WHERE seq = $3",
+                [(DONE, now_ms, seq) for seq, now_ms in items],
+            )
 
     async def status_of(self, event_id: str) -> str | None:
         value = await self.db.fetchval(

@@ -9,10 +9,11 @@ from typing import Any
 from mautrix.util.async_db import Database
 
 from .database import transaction
+from .queue_repo import FAILED as FAILED
+from .queue_repo import QueueTable
 
 PENDING = "pending"
 SENT = "sent"
-FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -54,25 +55,10 @@ def _row(r: Any) -> OutboxRow:
     )
 
 
-class OutboxRepo:
-    def __init__(self, db: Database) -> None:
-        self.db = db
-
-    async def insert(
-        self,
-        key: str,
-        sender: str,
-        room_id: str,
-        event_type: str,
-        content: dict[str, Any],
-        txn_id: str,
-        now_ms: int,
-    ) -> tuple[OutboxRow, bool]:
-        """Insert unless ``key`` exists. Returns the row and whether it is new."""
-        (written,) = await self.insert_many(
-            [(key, sender, room_id, event_type, content, txn_id)], now_ms
-        )
-        return written
+class OutboxRepo(QueueTable):
+    table = "outbox"
+    payload = "content"
+    finished_at = None
 
     async def insert_many(
         self, items: list[tuple[str, str, str, str, dict[str, Any], str]], now_ms: int
@@ -100,9 +86,9 @@ class OutboxRepo:
         seqs = {r["key"]: r["seq"] for r in inserted}
         rows: list[tuple[OutboxRow, bool]] = []
         for key, sender, room_id, event_type, content, txn_id in items:
-            if key in seqs:  # new: the row is exactly what was just written
+            if key in seqs:  # new (its first time in items): exactly what was just written
                 row = OutboxRow(
-                    seqs[key],
+                    seqs.pop(key),
                     key,
                     sender,
                     room_id,
@@ -116,7 +102,7 @@ class OutboxRepo:
                     None,
                 )
                 rows.append((row, True))
-            else:  # written before (a re-run after a crash): as it is now
+            else:  # written before (a re-run after a crash, or twice in items): as it is now
                 existing = await self.get(key)
                 assert existing is not None
                 rows.append((existing, False))
@@ -132,8 +118,8 @@ class OutboxRepo:
         )
         return [_row(r) for r in rows]
 
-    async def mark_sent_many(self, items: list[tuple[int, str, int]]) -> None:
-        """(seq, event id, sent at) for each, in one transaction (see bridge/batcher.py)."""
+    async def finish_many(self, items: list[tuple[int, str, int]]) -> None:
+        """Sent: (seq, event id, sent at) for each, in one transaction (bridge/batcher.py)."""
         # One statement for the batch (one database round trip, not one per message). Content
         # is dropped once the homeserver has it: Alcove is not a message archive.
         async with transaction(self.db):
@@ -142,25 +128,6 @@ class OutboxRepo:
                 " error = NULL WHERE seq = $4",
                 [(SENT, event_id, now_ms, seq) for seq, event_id, now_ms in items],
             )
-
-    async def mark_retry(self, seq: int, attempts: int, next_attempt_at: int, error: str) -> None:
-        await self.db.execute(
-            "UPDATE outbox SET attempts = $1, next_attempt_at = $2, error = $3 WHERE seq = $4",
-            attempts,
-            next_attempt_at,
-            error,
-            seq,
-        )
-
-    async def mark_failed(self, seq: int, attempts: int, error: str) -> None:
-        await self.db.execute(
-            "UPDATE outbox SET status = $1, attempts = $2, content = NULL, error = $3"
-            " WHERE seq = $4",
-            FAILED,
-            attempts,
-            error,
-            seq,
-        )
 
     async def known_event_ids(self, event_ids: list[str]) -> set[str]:
         """Those of ``event_ids`` that are messages Alcove sent (the homeserver's answer)."""

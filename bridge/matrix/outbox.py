@@ -2,7 +2,8 @@
 derived from (sender, key) and a device of the acting user, so a resend after a crash, before or
 after the homeserver accepted it, yields exactly one event.
 
-send() → outbox row (idempotent on key) → per-room ordered lane → gateway.send_event
+send() → outbox row (idempotent on key) → DurableQueue (bridge/queue.py: one ordered lane per
+room) → gateway.send_event
    5xx / network → retry with backoff; 429 → wait retry_after_ms; other 4xx → failed
 """
 
@@ -15,12 +16,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
-from ..batcher import Batcher
+from ..batcher import GroupCommit
 from ..clock import Clock, ms
 from ..db.outbox_repo import PENDING, SENT, DeviceRepo, OutboxRepo, OutboxRow
-from ..delayed import DelayQueue, backoff
+from ..delayed import backoff
 from ..metrics import Metrics
-from ..workers import KeyedWorkers
+from ..queue import Decision, DurableQueue, GiveUp, Parked, Retry, Waiters
 from .gateway import MatrixGateway, MatrixSendError, PermanentError, TemporaryError
 
 log = logging.getLogger("alcove.outbox")
@@ -68,7 +69,30 @@ def txn_id_for(sender: str, key: str) -> str:
     return "alcove." + hashlib.sha256(f"{sender}\x00{key}".encode()).hexdigest()[:40]
 
 
+NewRow = tuple[str, str, str, str, dict[str, Any], str]
+"""(key, sender, room id, event type, content, txn id): a message to write down."""
+SentMark = tuple[int, str, int]
+"""(seq, event id, sent at ms)."""
+
+
+class _UnknownDevice(MatrixSendError):
+    """The acting device was gone; it has been recreated: send again at once."""
+
+
+class _Held(Exception):
+    """The room waits for ``user``'s first device (an encrypted 1:1 before their first sign-in):
+    the row is put aside until ``release`` (it stays pending, so a restart asks again)."""
+
+    def __init__(self, user: str) -> None:
+        super().__init__(user)
+        self.user = user
+
+
 class Outbox:
+    """The durable queue configured for messages: written down first, sent in order per room;
+    the homeserver's trouble is retried with backoff (or its ``retry_after``) up to
+    ``max_attempts``, a refusal gives up at once."""
+
     def __init__(
         self,
         repo: OutboxRepo,
@@ -93,17 +117,24 @@ class Outbox:
         self.metrics = metrics
         self.max_attempts = max_attempts
         self.retry_base_seconds = retry_base_seconds
-        self.workers: KeyedWorkers[OutboxRow] = KeyedWorkers("outbox", self._deliver, concurrency)
-        self.retries: DelayQueue[OutboxRow] = DelayQueue(clock, self._submit, "outbox-retry")
-        self._queued: set[int] = set()
-        self._waiters: dict[str, list[asyncio.Future[OutboxRow]]] = {}
+        # "Sent" marks are group-committed: losing one in a crash only means a resend with the
+        # same transaction id, which Synapse dedupes.
+        self.queue: DurableQueue[OutboxRow, SentMark] = DurableQueue(
+            "outbox",
+            repo,
+            self,
+            clock,
+            concurrency=concurrency,
+            done_name="outbox-sent",
+            resume_when_due=False,
+        )
+        self.waiters: Waiters[str, OutboxRow] = Waiters()
+        self._insert: GroupCommit[NewRow, tuple[OutboxRow, bool]] = GroupCommit(
+            "outbox-insert", repo.db, self._insert_many
+        )
         self._device_cache: dict[str, str | None] = {}
         self._device_epoch: dict[str, int] = {}
         self._device_lock = asyncio.Lock()
-        self._started = False
-        # "Sent" marks are group-committed: losing one in a crash only means a resend with the
-        # same transaction id, which Synapse dedupes.
-        self._marks: Batcher[tuple[int, str, int]] = Batcher("outbox-sent", repo.mark_sent_many)
 
     async def send(
         self,
@@ -116,8 +147,8 @@ class Outbox:
         """Queue a message. ``key`` names the logical message (e.g. ``reply:<event id>``): queuing
         the same key twice sends once. Returns the row (pending until delivered)."""
         row, new = await self.prepare(key, sender, room_id, content, event_type)
-        if new and self._started:
-            self._submit(row)
+        if new:
+            self.queue.offer([row])
         return row
 
     async def prepare(
@@ -129,16 +160,14 @@ class Outbox:
         event_type: str = "m.room.message",
     ) -> tuple[OutboxRow, bool]:
         """Write the message down without handing it to a worker: for use inside a database
-        transaction that must commit together with it. Call ``submit`` after the commit."""
-        return await self.repo.insert(
-            key,
-            sender,
-            room_id,
-            event_type,
-            marked(event_type, content),
-            txn_id_for(sender, key),
-            ms(self.clock),
+        transaction that must commit together with it. Call ``submit`` after the commit.
+        Outside a transaction, messages written at the same time share a commit."""
+        return await self._insert(
+            (key, sender, room_id, event_type, marked(event_type, content), txn_id_for(sender, key))
         )
+
+    async def _insert_many(self, items: list[NewRow]) -> list[tuple[OutboxRow, bool]]:
+        return await self.repo.insert_many(items, ms(self.clock))
 
     async def prepare_many(
         self, items: list[tuple[str, str, str, dict[str, Any]]], event_type: str = "m.room.message"
@@ -161,16 +190,11 @@ class Outbox:
         return [row for row, _ in written]
 
     def submit(self, row: OutboxRow) -> None:
-        if self._started and row.status == PENDING:
-            self._submit(row)
+        if row.status == PENDING:
+            self.queue.offer([row])
 
     async def start(self) -> int:
-        pending = await self.repo.pending()
-        self._started = True
-        self._marks.start()
-        for row in pending:
-            self._submit(row)
-        self.retries.start()
+        pending = await self.queue.start()
         if pending:
             log.info("Resending %d outbox messages queued before the restart", len(pending))
         return len(pending)
@@ -195,10 +219,7 @@ class Outbox:
         return sum(len(rows) for rows in self._held.values())
 
     def _submit(self, row: OutboxRow) -> None:
-        if row.seq in self._queued:
-            return
-        self._queued.add(row.seq)
-        self.workers.submit(row.room_id, row)
+        self.queue.submit(row)
 
     async def device_for(self, user_id: str) -> str | None:
         if user_id in self._device_cache:
@@ -227,19 +248,18 @@ class Outbox:
             )
             self._device_cache[user_id] = await self._create_device(user_id)
 
-    async def _deliver(self, row: OutboxRow) -> None:
+    # The queue's policy.
+
+    def describe(self, row: OutboxRow) -> str:
+        return f"Send {row.txn_id} to {row.room_id}"
+
+    async def work(self, row: OutboxRow) -> SentMark:
         assert row.content is not None
-        attempts = row.attempts + 1
         epoch = self._device_epoch.get(row.sender, 0)
         device: str | None = None
         try:
             if self.hold is not None and (waiting := await self.hold(row.room_id)):
-                self._queued.discard(row.seq)
-                if not any(r.seq == row.seq for r in self._held.get(waiting, [])):
-                    self._held.setdefault(waiting, []).append(row)
-                log.info("A message to %s waits for the first device of a member", row.room_id)
-                self._resolve(_with(row, status=HELD))
-                return
+                raise _Held(waiting)
             device = await self.device_for(row.sender)
             event_type, content = row.event_type, row.content
             if self.encrypt is not None:
@@ -249,88 +269,62 @@ class Outbox:
             )
         except PermanentError as e:
             if e.errcode != UNKNOWN_DEVICE or device is None:
-                self._queued.discard(row.seq)
-                await self._give_up(row, attempts, str(e))
-                return
+                raise
             await self.renew_device(row.sender, epoch)
-            await self._retry(row, attempts, e, 0.0)
-            return
-        except TemporaryError as e:
-            delay = (
-                e.retry_after
-                if e.retry_after is not None
-                else backoff(attempts, self.retry_base_seconds)
-            )
-            await self._retry(row, attempts, e, delay, reason=str(e.status or "network"))
-            return
-        self._queued.discard(row.seq)
+            raise _UnknownDevice(str(e)) from e
         self.metrics.outbox_sent.inc()
-        sent = _with(row, status=SENT, event_id=event_id, content=None, attempts=attempts)
-        written = self._marks.add((row.seq, event_id, ms(self.clock)))
-        written.add_done_callback(lambda f: self._after_mark(f, sent))
+        return (row.seq, event_id, ms(self.clock))
 
-    async def _retry(
-        self,
-        row: OutboxRow,
-        attempts: int,
-        error: MatrixSendError,
-        delay: float,
-        reason: str | None = None,
-    ) -> None:
-        """Send again after ``delay`` seconds, or give up once ``max_attempts`` are used up.
-        With a ``reason`` the retry is logged."""
-        self._queued.discard(row.seq)
-        if attempts >= self.max_attempts:
-            await self._give_up(row, attempts, str(error))
-            return
-        if reason is not None:
-            log.warning(
-                "Send %s to %s failed (%s, attempt %d/%d); retrying in %.1fs",
-                row.txn_id,
-                row.room_id,
-                reason,
-                attempts,
-                self.max_attempts,
-                delay,
-            )
-        self.metrics.outbox_retries.inc()
-        next_at = ms(self.clock) + int(delay * 1000)
-        await self.repo.mark_retry(row.seq, attempts, next_at, str(error)[:500])
-        self.retries.add(delay, _with(row, attempts=attempts, next_attempt_at=next_at))
-
-    def _after_mark(self, _written: asyncio.Future[None], sent: OutboxRow) -> None:
+    def finished(self, row: OutboxRow, mark: SentMark) -> None:
         """Waiters learn of a delivery once its batch of marks was written."""
-        self._resolve(sent)
-
-    async def _give_up(self, row: OutboxRow, attempts: int, reason: str) -> None:
-        log.error(
-            "Giving up on message %s to %s after %d attempts: %s",
-            row.txn_id,
-            row.room_id,
-            attempts,
-            reason,
+        self.waiters.resolve(
+            row.key,
+            replace(row, status=SENT, event_id=mark[1], content=None, attempts=row.attempts + 1),
         )
-        await self.repo.mark_failed(row.seq, attempts, reason[:500])
-        self.metrics.outbox_failed.inc()
-        self._resolve(_with(row, status="failed", error=reason, content=None, attempts=attempts))
 
-    def _resolve(self, row: OutboxRow) -> None:
-        for fut in self._waiters.pop(row.key, []):
-            if not fut.done():
-                fut.set_result(row)
+    async def decide(self, row: OutboxRow, attempts: int, error: Exception) -> Decision:
+        """A refusal gives up at once; the homeserver's trouble waits its ``retry_after`` or
+        backs off, up to ``max_attempts``; so does anything else (a bug, or encryption failing
+        for now), logged with its traceback when given up."""
+        if isinstance(error, _Held):
+            if not any(r.seq == row.seq for r in self._held.get(error.user, [])):
+                self._held.setdefault(error.user, []).append(row)
+            log.info("A message to %s waits for the first device of a member", row.room_id)
+            self.waiters.resolve(row.key, replace(row, status=HELD))
+            return Parked()
+        bug = not isinstance(error, MatrixSendError)
+        if isinstance(error, PermanentError):
+            return GiveUp(str(error))
+        if attempts >= self.max_attempts:
+            return GiveUp(
+                f"{type(error).__name__}: {error}" if bug else str(error), error if bug else None
+            )
+        if isinstance(error, _UnknownDevice):
+            delay, note = 0.0, None
+        elif isinstance(error, TemporaryError) and error.retry_after is not None:
+            delay, note = error.retry_after, f"{error.status or 'network'}, max {self.max_attempts}"
+        else:
+            delay = backoff(attempts, self.retry_base_seconds)
+            what = type(error).__name__ if bug else (getattr(error, "status", None) or "network")
+            note = f"{what}, max {self.max_attempts}"
+        self.metrics.outbox_retries.inc()
+        return Retry(delay, note)
+
+    def failed(self, row: OutboxRow, attempts: int, reason: str) -> None:
+        self.metrics.outbox_failed.inc()
+        self.waiters.resolve(
+            row.key, replace(row, status="failed", error=reason, content=None, attempts=attempts)
+        )
 
     def expect(self, key: str) -> asyncio.Future[OutboxRow]:
         """A future resolved when the message with ``key`` is sent or given up on. Register it
         before submitting the row, so a fast delivery cannot be missed and no read is needed."""
-        fut: asyncio.Future[OutboxRow] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(key, []).append(fut)
-        return fut
+        return self.waiters.expect(key)
 
     async def wait(self, key: str, timeout: float | None = None) -> OutboxRow:
         """Wait until the message with ``key`` is sent or given up on."""
         # Register first, then look: a delivery between the two cannot be missed.
-        fut: asyncio.Future[OutboxRow] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(key, []).append(fut)
+        fut = self.waiters.expect(key)
         try:
             row = await self.repo.get(key)
             if row is None:
@@ -338,14 +332,10 @@ class Outbox:
             if row.status != PENDING:
                 return row
             if any(r.seq == row.seq for rows in self._held.values() for r in rows):
-                return _with(row, status=HELD)
+                return replace(row, status=HELD)
             return await asyncio.wait_for(fut, timeout)
         finally:
-            waiters = self._waiters.get(key)
-            if waiters and fut in waiters:
-                waiters.remove(fut)
-                if not waiters:
-                    self._waiters.pop(key, None)
+            self.waiters.forget(key, fut)
 
     async def own_events(self, events: list[dict[str, Any]]) -> set[str]:
         """The ids of those ``events`` that Alcove itself sent: everything the bot sent, and
@@ -373,15 +363,7 @@ class Outbox:
         self.metrics.outbox_pending.set(await self.repo.count(PENDING))
 
     async def join(self) -> None:
-        await self.workers.join()
-        await self._marks.flush()
+        await self.queue.join()
 
     async def stop(self, timeout: float = 10.0) -> None:
-        self._started = False
-        await self.retries.stop()
-        await self.workers.stop(timeout)
-        await self._marks.stop()
-
-
-def _with(row: OutboxRow, **changes: Any) -> OutboxRow:
-    return replace(row, **changes)
+        await self.queue.stop(timeout)

@@ -12,11 +12,13 @@ from typing import Any
 import pytest
 from mautrix.util.async_db import Database
 
-from bots.bot import Bot
+from bots.bot import STAFF_ROOMS_TIMER, Bot
 from bots.commands.context import CommandContext
 from bots.commands.spec import CommandSpec
-from bots.features.conversations.repo import GROUP, Client, Room
+from bots.features.conversations.repo import CARE as CARE_ROOM
+from bots.features.conversations.repo import GROUP, TEAM, Client, Room
 from bridge.config import Config
+from bridge.matrix.gateway import TemporaryError
 from bridge.matrix.outbox import Outbox
 from bridge.metrics import Metrics
 from tests.support.builders import DOMAIN, invite, make_config, message
@@ -373,3 +375,38 @@ async def test_every_private_reply_of_one_command_arrives(world: World) -> None:
     await world.say(GROUP_ROOM, "!twice")
     assert (await world.bodies(mgmt))[-2:] == ["first about Jane Doe", "second about Jane Doe"]
     assert all("Jane" not in b for b in await world.bodies(GROUP_ROOM))
+
+
+@dataclass
+class DownGateway(RecordingGateway):
+    """A homeserver that cannot create rooms while ``down``."""
+
+    down: bool = False
+
+    async def create_room(self, body: dict[str, Any]) -> str:
+        if self.down:
+            raise TemporaryError("Service Unavailable", status=503)
+        return await super().create_room(body)
+
+
+async def test_staff_rooms_are_set_up_again_with_backoff_while_running(build: Build) -> None:
+    """The homeserver fails at start-up: Alcove starts anyway and a timer sets the management
+    and staff rooms up again (10 s, then 20 s ...) until it works — not only at the next
+    start."""
+    gateway = DownGateway(bot_user_id=BOT, existing_users={THERAPIST, CARE}, down=True)
+    w = await build(gateway)
+    await w.bot.start()
+    assert gateway.rooms == {}
+    assert w.timers.armed[STAFF_ROOMS_TIMER].when == w.clock.now() + timedelta(seconds=10)
+
+    await w.timers.run(STAFF_ROOMS_TIMER)  # still down: again, later
+    assert gateway.rooms == {}
+    assert w.timers.armed[STAFF_ROOMS_TIMER].when == w.clock.now() + timedelta(seconds=20)
+
+    gateway.down = False
+    await w.timers.run(STAFF_ROOMS_TIMER)
+    assert STAFF_ROOMS_TIMER not in w.timers.armed  # done: not armed again
+    assert await w.mgmt(THERAPIST) and await w.mgmt(CARE)
+    assert len(await w.bot.conversations.repo.rooms_of(None, TEAM)) == 1
+    assert len(await w.bot.conversations.repo.rooms_of(THERAPIST, CARE_ROOM)) == 1
+    assert w.timers.history.count(STAFF_ROOMS_TIMER) == 2

@@ -4,6 +4,7 @@ permanent failures, devices per acting user, and resumption after a restart."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from mautrix.util.async_db import Database
 
@@ -244,3 +245,40 @@ async def test_every_message_is_marked_automated(db: Database) -> None:
     await outbox.join()
     await outbox.stop()
     assert [s.content.get(AUTOMATED) for s in gw.sent] == [True, True, None]
+
+
+async def test_a_failure_that_is_not_the_homeservers_is_retried_then_given_up(
+    db: Database,
+) -> None:
+    """Encryption failing for now (or a bug) neither loses the message at once nor leaves it
+    stuck until the next start: it is retried with backoff, and given up after max_attempts."""
+    gw = RecordingGateway()
+    failures = {"k1": 1, "k2": 99}
+
+    async def encrypt(room_id: str, event_type: str, content: dict[str, Any]) -> Any:
+        key = str(content["body"])
+        if failures[key]:
+            failures[key] -= 1
+            raise RuntimeError("the crypto store is busy")
+        return event_type, content
+
+    outbox = Outbox(
+        OutboxRepo(db),
+        DeviceRepo(db),
+        gw,
+        FakeClock(),
+        Metrics(),
+        retry_base_seconds=0.01,
+        max_attempts=3,
+        encrypt=encrypt,
+    )
+    await outbox.start()
+    await outbox.send("k1", BOT, "!r:x", text("k1"))
+    await outbox.send("k2", BOT, "!s:x", text("k2"))
+    once = await outbox.wait("k1", timeout=5)
+    never = await outbox.wait("k2", timeout=5)
+    await outbox.stop()
+    assert once.status == "sent" and gw.bodies("!r:x") == ["k1"]
+    assert never.status == "failed" and never.attempts == 3
+    assert never.error is not None and "RuntimeError" in never.error
+    assert gw.bodies("!s:x") == []

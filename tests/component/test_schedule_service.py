@@ -5,7 +5,7 @@ recurrences, the late policy, cancel and the re-arm at start-up."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,11 +18,10 @@ from bots.features.conversations.repo import ConversationRepo
 from bots.features.schedule.repo import CANCELLED, DONE, PENDING, SKIPPED, Scheduled
 from bots.features.schedule.service import ScheduleService
 from bots.features.schedule.timeparse import local_text, next_fire
-from bots.features.voice import AUTOMATED, TherapistVoice
+from bots.features.voice import AUTOMATED
 from bridge.config import Config
-from bridge.db.outbox_repo import SENT, DeviceRepo, OutboxRepo, OutboxRow
+from bridge.db.outbox_repo import SENT, OutboxRow
 from bridge.matrix.outbox import Outbox, txn_id_for
-from bridge.metrics import Metrics
 from bridge.timers import Timers
 from tests.support.builders import DOMAIN, make_config
 from tests.support.fakes import (
@@ -33,6 +32,7 @@ from tests.support.fakes import (
     from_ms,
     to_ms,
 )
+from tests.support.harness import Harnesses
 
 THERAPIST = f"@therapist:{DOMAIN}"
 OTHER_THERAPIST = f"@other:{DOMAIN}"
@@ -94,7 +94,6 @@ class World:
     clock: FakeClock
     rooms: ConversationRepo
     service: ScheduleService
-    outboxes: list[Outbox] = field(default_factory=list)
 
     async def create(
         self,
@@ -127,9 +126,9 @@ Build = Callable[..., Awaitable[World]]
 
 
 @pytest.fixture
-async def build(db: Database, tmp_path: Path) -> AsyncIterator[Build]:
-    """Worlds built in one test share the database, like Alcove restarted."""
-    outboxes: list[Outbox] = []
+async def build(harnesses: Harnesses, tmp_path: Path) -> Build:
+    """Worlds built in one test share the database, like Alcove restarted: the bot as Alcove
+    wires it (tests/support/harness.py), its schedule service under test."""
 
     async def make(
         *,
@@ -145,27 +144,19 @@ async def build(db: Database, tmp_path: Path) -> AsyncIterator[Build]:
         gateway = gateway or RecordingGateway(
             bot_user_id=config.bot_user_id, existing_users={THERAPIST}
         )
-        clock = clock or FakeClock(START)
-        outbox = outbox_class(OutboxRepo(db), DeviceRepo(db), gateway, clock, Metrics())
-        if start_outbox:
-            await outbox.start()
-        outboxes.append(outbox)
-        rooms = ConversationRepo(db)
         timers = RecordingTimers()
-        service = ScheduleService(
+        h = await harnesses.build(
             config,
-            db,
-            outbox,
-            TherapistVoice(config, gateway),
-            timers,
-            clock,
-            rooms.management_room,
+            gateway,
+            clock or FakeClock(START),
+            timers=timers,
+            start=start_outbox,
+            outbox_class=outbox_class,
         )
-        return World(db, config, gateway, outbox, timers, clock, rooms, service)
+        rooms = ConversationRepo(h.db)
+        return World(h.db, config, gateway, h.outbox, timers, h.clock, rooms, h.bot.schedule)
 
-    yield make
-    for outbox in outboxes:
-        await outbox.stop()
+    return make
 
 
 @pytest.fixture
@@ -552,7 +543,9 @@ async def test_start_with_nothing_pending(world: World) -> None:
     assert world.timers.armed == {}
 
 
-async def test_start_with_real_timers_fires_an_overdue_row(build: Build, db: Database) -> None:
+async def test_start_with_real_timers_fires_an_overdue_row(
+    build: Build, harnesses: Harnesses
+) -> None:
     """End to end through APScheduler: an overdue row is fired as soon as it is re-armed."""
     real_now = datetime.now(UTC)
     gateway = SignallingGateway(existing_users={THERAPIST})
@@ -562,15 +555,9 @@ async def test_start_with_real_timers_fires_an_overdue_row(build: Build, db: Dat
     timers = Timers()
     timers.start()
     try:
-        service = ScheduleService(
-            first.config,
-            db,
-            first.outbox,
-            TherapistVoice(first.config, gateway),
-            timers,
-            first.clock,
-            first.rooms.management_room,
-        )
+        # Alcove restarted with real timers (APScheduler behind the clock's call_at).
+        restarted = await harnesses.build(first.config, gateway, first.clock, timers=timers)
+        service = restarted.bot.schedule
         assert await service.start() == 1
         await asyncio.wait_for(gateway.sent_event.wait(), 10)
         assert len(await first.sent_to(ROOM)) == 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from mautrix.util.async_db import Database
 
-from bots.features.conversations.repo import Client, ConversationRepo
+from bots.features.conversations.repo import Client
 from bots.features.conversations.service import ConversationService, NewClient
 from bots.features.sessions.ending import ENDED_MARKER, ENDED_TOPIC
 from bots.features.sessions.repo import (
@@ -32,11 +32,10 @@ from bots.features.sessions.repo import (
 )
 from bots.features.sessions.service import ROOM_NAME, SessionService
 from bots.features.sessions.transcript import Transcripts
-from bridge.config import Config, InboxConfig
+from bridge.config import Config
 from bridge.db.audit_repo import AuditLog
-from bridge.db.inbox_repo import DONE, InboxRepo
-from bridge.db.outbox_repo import SENT, DeviceRepo, OutboxRepo
-from bridge.inbox import Inbox
+from bridge.db.inbox_repo import DONE
+from bridge.db.outbox_repo import SENT
 from bridge.matrix.gateway import TemporaryError
 from bridge.matrix.outbox import Outbox
 from bridge.metrics import Metrics
@@ -48,6 +47,7 @@ from tests.support.fakes import (
     Sent,
     to_ms,
 )
+from tests.support.harness import BotHarness, Harnesses
 
 THERAPIST = f"@therapist:{DOMAIN}"
 OTHER_THERAPIST = f"@other:{DOMAIN}"
@@ -144,6 +144,7 @@ class World:
     service: SessionService
     transcripts: Transcripts
     forgotten_keys: list[str]  # rooms whose Megolm sessions the crypto was told to discard
+    harness: BotHarness
 
     @property
     def repo(self) -> SessionRepo:
@@ -202,26 +203,22 @@ Build = Callable[..., Awaitable[World]]
 
 
 @pytest.fixture
-async def build(db: Database, tmp_path: Path) -> AsyncIterator[Build]:
+async def build(harnesses: Harnesses, tmp_path: Path) -> Build:
     """Worlds built in one test share the database (and, when passed in, the gateway and the
-    clock), like Alcove restarted."""
-    outboxes: list[Outbox] = []
+    clock), like Alcove restarted: the bot as Alcove wires it (tests/support/harness.py), its
+    session service under test; ``with_inbox`` runs the inbox → dispatcher → bot in front."""
 
-    async def make(*, gateway: FlakyGateway | None = None, clock: FakeClock | None = None) -> World:
+    async def make(
+        *,
+        gateway: FlakyGateway | None = None,
+        clock: FakeClock | None = None,
+        with_inbox: bool = False,
+    ) -> World:
         config = make_config(
             tmp_path, sessions={"purge_poll_seconds": 0.05, "purge_retry_seconds": 0.1}
         )
         gateway = gateway or FlakyGateway(
             bot_user_id=config.bot_user_id, existing_users={THERAPIST}
-        )
-        clock = clock or FakeClock(START)
-        metrics = Metrics()
-        outbox = Outbox(OutboxRepo(db), DeviceRepo(db), gateway, clock, metrics)
-        await outbox.start()
-        outboxes.append(outbox)
-        audit = AuditLog(db, clock)
-        conversations = ConversationService(
-            config, gateway, outbox, ConversationRepo(db), audit, clock
         )
         timers = RecordingTimers()
         forgotten_keys: list[str] = []
@@ -229,36 +226,32 @@ async def build(db: Database, tmp_path: Path) -> AsyncIterator[Build]:
         async def forget_keys(room_id: str) -> None:
             forgotten_keys.append(room_id)
 
-        service = SessionService(
+        h = await harnesses.build(
             config,
-            SessionRepo(db),
             gateway,
-            outbox,
-            timers,
-            clock,
-            conversations,
-            audit,
-            metrics,
-            forget_keys=forget_keys,
+            clock or FakeClock(START),
+            timers=timers,
+            forget_room_keys=forget_keys,
+            with_inbox=with_inbox,
         )
+        service = h.bot.sessions
         return World(
-            db,
+            h.db,
             config,
             gateway,
-            outbox,
+            h.outbox,
             timers,
-            clock,
-            conversations,
-            audit,
-            metrics,
+            h.clock,
+            h.bot.conversations,
+            h.bot.audit,
+            h.metrics,
             service,
             Transcripts(service),
             forgotten_keys,
+            h,
         )
 
-    yield make
-    for outbox in outboxes:
-        await outbox.stop()
+    return make
 
 
 @pytest.fixture
@@ -967,7 +960,8 @@ async def test_start_purges_overdue_sessions_and_rearms_the_others(build: Build)
 
     assert (await after.get(overdue.id)).status == ENDED
     assert (await after.get(ending.id)).status == ENDED
-    for ended in (overdue, ending):
+    for ended in (overdue, ending):  # armed once by the purge, not again by the re-arm
+        assert after.timers.history.count(f"session:{ended.id}:room") == 1
         await after.timers.run(f"session:{ended.id}:room")
     assert sorted(gateway.deleted_rooms) == sorted([overdue.room_id, ending.room_id])
     reasons = {
@@ -1319,39 +1313,28 @@ async def test_transcript_survives_a_failed_upload(build: Build) -> None:
 
 
 async def test_a_replayed_session_event_is_handled_once_and_keeps_no_text(
-    world: World, db: Database
+    build: Build, db: Database
 ) -> None:
     """Catch-up (start-up, a homeserver restart) offers the last minutes of every room again:
     a handled session-room event must be recognised by its id — a content-free marker — so
-    `!extend 30m` does not extend twice and no text is written back."""
+    `!extend 30m` does not extend twice and no text is written back. The whole pipeline:
+    inbox → dispatcher → bot."""
+    world = await build(with_inbox=True)
+    await world.conversations.repo.set_management_room(THERAPIST, MGMT)
+    world.gateway.memberships[MGMT] = {THERAPIST: "join", BOT: "join"}
     session, jane, _ = await open_session(world)
     room = session.room_id
     assert room is not None
-    handled: list[str] = []
-
-    async def handler(event: dict[str, Any]) -> None:
-        handled.append(event["event_id"])
-
-    inbox = Inbox(
-        InboxRepo(db),
-        handler,
-        world.clock,
-        Metrics(),
-        InboxConfig(max_attempts=3, retry_base_seconds=0.01),
-    )
-    await inbox.start()
+    inbox = world.harness.inbox
     in_session = message(room, THERAPIST, "!extend 30m")
     secret = message(room, jane.client.user_id, SECRET)
     elsewhere = message(jane.room.room_id, jane.client.user_id, "hello")
-    try:
-        assert await inbox.accept("txn1", [in_session, secret, elsewhere]) == 3
-        await inbox.join()
-        assert await inbox.accept("catch-up", [in_session, secret, elsewhere]) == 0
-        await inbox.join()
-    finally:
-        await inbox.stop()
+    assert await inbox.accept("txn1", [in_session, secret, elsewhere]) == 3
+    await world.harness.settle()
+    assert await inbox.accept("catch-up", [in_session, secret, elsewhere]) == 0
+    await world.harness.settle()
 
-    assert sorted(handled) == sorted(e["event_id"] for e in (in_session, secret, elsewhere))
+    assert (await world.get(session.id)).end_at == session.end_at + 30 * 60_000  # once
     for event in (in_session, secret, elsewhere):
         assert await inbox.repo.status_of(event["event_id"]) == DONE
     rows = await db.fetch("SELECT * FROM inbox_event")

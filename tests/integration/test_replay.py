@@ -17,10 +17,15 @@ from tests.support.scenario import BOT, add_many, bodies, from_bot, management_r
 TEXT = "Two-step blast, once"
 
 
-async def wait_until(db: Database, query: str, expected: int, timeout: float = 30) -> None:
+async def wait_until(
+    db: Database, query: str, expected: int, *args: str, timeout: float = 30
+) -> None:
+    """Event ids go in as parameters (``args``), never into the SQL text: on SQLite mautrix
+    rewrites ``$<digits>`` to ``?<digits>`` everywhere in it, string literals too, so an id
+    such as ``$80dE…`` would never match."""
     got = None
     for _ in range(int(timeout * 20)):
-        got = await db.fetchval(query)
+        got = await db.fetchval(query, *args)
         if got == expected:
             return
         await asyncio.sleep(0.05)
@@ -52,8 +57,9 @@ async def test_kill9_right_after_yes_of_a_two_step_blast_delivers_once_and_repor
     await wait_until(alcove_db, "SELECT COUNT(*) FROM outbox WHERE key LIKE 'blast:%'", 3)
     await wait_until(
         alcove_db,
-        f"SELECT COUNT(*) FROM inbox_event WHERE event_id = '{yes}' AND status = 'pending'",
+        "SELECT COUNT(*) FROM inbox_event WHERE event_id = $1 AND status = 'pending'",
         1,
+        yes,
     )
     alcove.kill9()
     proxy.mode = PASS
@@ -64,8 +70,9 @@ async def test_kill9_right_after_yes_of_a_two_step_blast_delivers_once_and_repor
     await therapist.wait_for(from_bot(mgmt, "Delivered to"), timeout=60, fresh=True)
     await wait_until(
         alcove_db,
-        f"SELECT COUNT(*) FROM inbox_event WHERE event_id = '{yes}' AND status = 'done'",
+        "SELECT COUNT(*) FROM inbox_event WHERE event_id = $1 AND status = 'done'",
         1,
+        yes,
     )
     await asyncio.sleep(1.0)  # would a duplicate, or a second reply, still arrive?
     for person in people:

@@ -353,6 +353,8 @@ class RecordingTimers(Timers):
         super().__init__()
         self.armed: dict[str, Armed] = {}
         self.cancelled: list[str] = []
+        self.history: list[str] = []
+        """Every id armed, in order (an id armed twice is here twice)."""
 
     def arm(
         self, job_id: str, when: datetime, callback: Callable[..., Awaitable[None]], *args: Any
@@ -360,6 +362,7 @@ class RecordingTimers(Timers):
         if not inspect.iscoroutinefunction(callback):
             raise TypeError(f"{callback!r} is not a coroutine function")
         self.armed[job_id] = Armed(when, callback, args)
+        self.history.append(job_id)
 
     def cancel(self, job_id: str) -> None:
         self.cancelled.append(job_id)

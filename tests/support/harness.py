@@ -18,6 +18,7 @@ import pytest
 from mautrix.util.async_db import Database
 
 from bots.bot import Bot
+from bots.features.sessions.ending import ForgetKeys
 from bots.features.voice import RoomCrypto
 from bridge.config import Config
 from bridge.db.inbox_repo import DONE, InboxRepo
@@ -103,14 +104,27 @@ class Harnesses:
         with_inbox: bool = False,
         start: bool = True,
         crypto: RoomCrypto | None = None,
+        forget_room_keys: ForgetKeys | None = None,
+        outbox_class: type[Outbox] = Outbox,
     ) -> BotHarness:
         """A bot wired as Alcove wires it; ``start=False`` leaves the outbox and inbox for
-        ``BotHarness.start`` (to prepare the database first)."""
+        ``BotHarness.start`` (to prepare the database first). ``outbox_class``: an Outbox
+        subclass that fails on purpose (a crash between two steps)."""
         clock = clock or FakeClock()
         timers = timers if timers is not None else RecordingTimers()
         metrics = metrics or Metrics()
-        outbox = Outbox(OutboxRepo(self.db), DeviceRepo(self.db), gateway, clock, metrics)
-        bot = build_bot(config, self.db, gateway, outbox, clock, timers, metrics, crypto=crypto)
+        outbox = outbox_class(OutboxRepo(self.db), DeviceRepo(self.db), gateway, clock, metrics)
+        bot = build_bot(
+            config,
+            self.db,
+            gateway,
+            outbox,
+            clock,
+            timers,
+            metrics,
+            crypto=crypto,
+            forget_room_keys=forget_room_keys,
+        )
         dispatcher = Dispatcher(config.bot_user_id, bot)
         inbox = Inbox(InboxRepo(self.db), dispatcher.handle, clock, metrics, config.inbox)
         harness = BotHarness(

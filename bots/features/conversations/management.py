@@ -81,13 +81,17 @@ class ManagementRooms:
     async def room_for(self, user_id: str) -> str | None:
         return await self.repo.management_room(user_id)
 
-    async def ensure_all(self) -> None:
-        """At start-up: every staff member in the config has an owned management room."""
+    async def ensure_all(self) -> bool:
+        """At start-up: every staff member in the config has an owned management room. False
+        when the homeserver failed for one of them (the others are done)."""
+        done = True
         for member in self.config.staff:
             try:
                 await self.ensure(member.user_id)
             except MatrixSendError as e:
                 log.error("Could not set up the management room of %s: %s", member.user_id, e)
+                done = False
+        return done
 
     async def ensure(self, staff: str) -> str | None:
         """The staff member's owned management room: the recorded one while they are still in

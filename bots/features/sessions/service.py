@@ -98,12 +98,14 @@ class SessionService(SessionEnding):
         whose purge was interrupted), then re-arm the timers of the others."""
         self.room_ids = await self.repo.session_rooms()
         now = ms(self.clock)
+        # Read before the overdue ones are ended: each of those arms its room's timer itself.
+        awaiting_deletion = await self.repo.rooms_awaiting_deletion()
         for session in await self.repo.unfinished():
             if session.status == ENDING or session.end_at <= now:
                 await self.end(session.id, "ended while Alcove was not running")
             else:
                 self._arm(session)
-        for session in await self.repo.rooms_awaiting_deletion():
+        for session in awaiting_deletion:
             self.timers.arm(
                 f"session:{session.id}:room",
                 self._when(now),
