@@ -26,12 +26,15 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## test: lint and types first, then every test on SQLite and PostgreSQL, with a real Synapse
+## test: lint and types first, then every test on SQLite and PostgreSQL, with a real Synapse.
+## TEST_WORKERS pytest-xdist workers (default 2; 0 runs in one process), a file per worker at a
+## time (--dist loadfile: a module's own Synapse starts once); each worker starts its own Synapse.
+TEST_WORKERS ?= 2
 test: lint
 	scripts/ensure-postgres
 	scripts/ensure-redis
 	scripts/ensure-nginx
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 ## bench: round-trip benchmark against a throwaway Synapse (not part of test)
 bench: $(STAMP)

@@ -33,9 +33,9 @@ from .features.blasts.commands import BlastCommands
 from .features.conversations.governance import RoomGovernance
 from .features.conversations.management import ManagementRooms, link
 from .features.conversations.service import ConversationService
-from .features.read_receipts import hide_staff_read_receipts
 from .features.organise.service import Organiser
 from .features.organise.spaces import Spaces
+from .features.read_receipts import hide_staff_read_receipts
 from .features.schedule.service import ScheduleService
 from .features.sessions.service import SessionService
 

@@ -270,6 +270,8 @@ class ApiConfig:
     webhooks: tuple[Webhook, ...] = ()
     webhook_retry_seconds: float = 5.0
     """The first retry of a failed delivery; doubled each time, at most an hour."""
+
+
 VIDEO_PROVIDERS = ("jitsi", "element_call")
 
 

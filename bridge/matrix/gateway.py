@@ -144,6 +144,7 @@ class MatrixGateway(Protocol):
         content while the homeserver still keeps it (MSC2815), and ``unsigned.redacted_because``
         when it was redacted. PermanentError with errcode
         ``FI.MAU.MSC2815_UNREDACTED_CONTENT_DELETED`` once it no longer does."""
+
     async def room_state(self, room_id: str) -> list[dict[str, Any]]:
         """Every current state event of a room the bot is in."""
 

@@ -1,5 +1,6 @@
-"""A real Synapse (SQLite, 127.0.0.1) started once per test session, Alcove as a subprocess per
-test on SQLite and PostgreSQL, and users driving Synapse through the client-server API."""
+"""A real Synapse (SQLite, 127.0.0.1) started once per test session (with pytest-xdist, once per
+worker: its own state dir and free ports), Alcove as a subprocess per test on SQLite and
+PostgreSQL, and users driving Synapse through the client-server API."""
 
 from __future__ import annotations
 

@@ -31,6 +31,7 @@ from tests.support.scenario import (
     Added,
     add_client,
     from_bot,
+    handled,
     login,
     management_room,
 )
@@ -190,17 +191,17 @@ async def test_nothing_survives_a_session(
     assert (await therapist.state(room, "m.room.create"))["m.federate"] is False
     assert "deleted" in (await therapist.state(room, "m.room.topic"))["topic"]
 
-    await client.send_text(room, f"{canary} something private")
+    said = await client.send_text(room, f"{canary} something private")
     mxc = await upload(client, f"notes {canary} in a file".encode(), f"notes-{canary}.txt")
-    status, _ = await client.raw(
+    status, filed = await client.raw(
         "PUT",
         f"/_matrix/client/v3/rooms/{quote(room)}/send/m.room.message/f1",
         {"msgtype": "m.file", "body": f"notes-{canary}.txt", "url": mxc},
     )
     assert status == 200
-    await therapist.send_text(room, f"{canary} the therapist answers")
+    answer = await therapist.send_text(room, f"{canary} the therapist answers")
     await therapist.wait_for(message_in(room, "something private"))  # type: ignore[arg-type]
-    await asyncio.sleep(1.0)  # Alcove has seen (and handled) them too
+    await handled(alcove_db, said, filed["event_id"], answer)  # Alcove has handled them too
     assert await download_status(therapist, mxc) == 200  # it exists while the session runs
 
     await therapist.send_text(room, "!end")
@@ -450,7 +451,7 @@ async def test_a_redacted_file_is_deleted_at_the_end(
         {"msgtype": "m.file", "body": "drawing.txt", "url": mxc},
     )
     assert status == 200
-    await asyncio.sleep(1.0)  # Alcove has the event
+    await handled(alcove_db, sent["event_id"])  # Alcove has the event
     status, _ = await client.raw(
         "PUT",
         f"/_matrix/client/v3/rooms/{quote(room)}/redact/{quote(sent['event_id'])}/r1",
@@ -478,10 +479,10 @@ async def test_catch_up_after_a_restart_does_not_run_session_commands_again(
     _mgmt, _added, client, room = await session_with_client(therapist, synapse, http, "Ned Nye")
     end_of = "SELECT end_at FROM text_session WHERE room_id = $1"
     end_before = await alcove_db.fetchval(end_of, room)
-    await client.send_text(room, f"{canary} before the restart")
-    await therapist.send_text(room, "!extend 30m")
+    said = await client.send_text(room, f"{canary} before the restart")
+    extend = await therapist.send_text(room, "!extend 30m")
     await therapist.wait_for(from_bot(room, "Extended"), timeout=20)
-    await asyncio.sleep(1.0)  # the handled marks are written (group commit)
+    await handled(alcove_db, said, extend)  # the handled marks are written (group commit)
 
     await alcove.stop()
     await alcove.start()  # catch-up at start-up re-offers the last minute of every room

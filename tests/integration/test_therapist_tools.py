@@ -22,6 +22,7 @@ from tests.support.scenario import (
     add_many,
     bodies,
     from_bot,
+    handled,
     login,
     management_room,
 )
@@ -262,7 +263,11 @@ async def test_smart_phrases(
 
 
 async def test_auto_responder(
-    alcove: AlcoveProcess, therapist: MatrixUser, synapse: DevStack, http: aiohttp.ClientSession
+    alcove: AlcoveProcess,
+    therapist: MatrixUser,
+    synapse: DevStack,
+    http: aiohttp.ClientSession,
+    alcove_db: Database,
 ) -> None:
     mgmt = await management_room(therapist)
     gus = await add_client(therapist, mgmt, "Gus Gale")
@@ -289,8 +294,8 @@ async def test_auto_responder(
     replies = [e for e in await client.room_messages(room) if auto_reply({**e, "room_id": room})]
     assert len(replies) == 1  # once per throttle window
     # The therapist's own reply resets the throttle.
-    await therapist.send_text(room, "I'll get back to you")
-    await asyncio.sleep(1)
+    reply = await therapist.send_text(room, "I'll get back to you")
+    await handled(alcove_db, reply)
     await client.send_text(room, "thanks")
     for _ in range(100):
         replies = [

@@ -297,6 +297,7 @@ class RecordingGateway:
         if isinstance(found, PermanentError):
             raise found
         return found
+
     tags: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(default_factory=dict)
     """(user, room) -> tag -> content, as the homeserver keeps them."""
     push_rules: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)

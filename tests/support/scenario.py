@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+from mautrix.util.async_db import Database
 
 from bridge.devstack import DevStack
 
@@ -124,3 +125,20 @@ async def _state_list(viewer: MatrixUser, base: str) -> list[Event]:
         assert resp.status == 200
         body = await resp.json()
     return [e for e in body if isinstance(e, dict)]
+
+
+async def handled(db: Database, *event_ids: str, timeout: float = 30.0) -> None:
+    """Wait until Alcove's inbox has handled each event (its row is ``done``): a condition
+    instead of a fixed sleep for "Alcove has seen it". ``db`` is the running Alcove's database
+    (the ``alcove_db`` fixture)."""
+    deadline = time.monotonic() + timeout
+    for event_id in event_ids:
+        while True:
+            status = await db.fetchval(
+                "SELECT status FROM inbox_event WHERE event_id = $1", event_id
+            )
+            if status == "done":
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Alcove did not handle {event_id} (status: {status})")
+            await asyncio.sleep(0.05)

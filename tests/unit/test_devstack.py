@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 from ruamel.yaml import YAML
+from signedjson.key import read_signing_keys
 
 from bridge.devstack import DevStack, synapse_env
 from bridge.registration import dump_yaml, outdated
@@ -27,8 +29,15 @@ def test_prepare_from_a_relative_dir_writes_absolute_synapse_paths(
     """`make run` passes `.alcove-dev`; Synapse runs in another working directory."""
     monkeypatch.chdir(tmp_path)
     stack = DevStack(Path("state"))
-    config = stack.prepare()  # runs Synapse's --generate-keys from its own directory
-    assert (tmp_path / "state" / "synapse" / "signing.key").exists()
+    config = stack.prepare()
+    # The signing key, in the form Synapse reads (one ed25519 key, id a_XXXX): written in-process
+    # with Synapse's own signedjson calls rather than by a second Synapse run.
+    with (tmp_path / "state" / "synapse" / "signing.key").open() as f:
+        [key] = read_signing_keys(f)
+    assert key.alg == "ed25519" and re.fullmatch(r"a_[A-Za-z]{4}", key.version)
+    stack.prepare()  # a second prepare keeps it
+    with (tmp_path / "state" / "synapse" / "signing.key").open() as f:
+        assert [k.version for k in read_signing_keys(f)] == [key.version]
     hs = stack.hs_config_path.read_text()
     assert str(tmp_path / "state" / "synapse" / "homeserver.db") in hs
     assert config.appservice.registration.is_absolute()

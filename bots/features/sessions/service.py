@@ -78,6 +78,7 @@ class SessionService(SessionEnding):
     async def live_with(self, client_id: str) -> list[int]:
         """Sessions not ended yet that include the client (their erasure waits for these)."""
         return [s.id for s in await self.repo.unfinished() if client_id in s.clients]
+
     async def live_rooms(self) -> list[tuple[str, str]]:
         """(room id, therapist) of every session room not ending or ended (its space)."""
         return await self.repo.live_rooms()
