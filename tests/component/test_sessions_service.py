@@ -234,6 +234,7 @@ async def build(harnesses: Harnesses, tmp_path: Path) -> Build:
             forget_room_keys=forget_keys,
             with_inbox=with_inbox,
         )
+        h.bot.conversations.spaces = None  # rooms only: spaces are test_organise.py's
         service = h.bot.sessions
         return World(
             h.db,
