@@ -25,6 +25,7 @@ from typing import Any
 from bridge.clock import Clock, ms
 from bridge.config import Config
 from bridge.db.audit_repo import AuditLog
+from bridge.db.database import transaction
 from bridge.matrix.gateway import MatrixGateway, PermanentError
 
 from ...bot_types import Sender, notice
@@ -116,21 +117,23 @@ class RoomGovernance:
     ) -> None:
         """Left, kicked or banned outside Alcove: forget as the client, record it."""
         forgotten = await self._forget(client.user_id, room_id)
-        if forgotten and room is not None and room.kind == GROUP:
-            if client.user_id in await self.repo.members(room_id):
-                await self.repo.remove_member(room_id, client.user_id, ms(self.clock))
         if sender == client.user_id:
             action = "member.left"
         else:
             action = "member.banned" if membership == "ban" else "member.kicked"
-        await self.audit.record(
-            sender,
-            action,
-            client.user_id,
-            room_id,
-            event_id=event.get("event_id"),
-            forgotten=forgotten,
-        )
+        # The membership row and its audit row together: nobody reads one without the other.
+        async with transaction(self.repo.db):
+            if forgotten and room is not None and room.kind == GROUP:
+                if client.user_id in await self.repo.members(room_id):
+                    await self.repo.remove_member(room_id, client.user_id, ms(self.clock))
+            await self.audit.record(
+                sender,
+                action,
+                client.user_id,
+                room_id,
+                event_id=event.get("event_id"),
+                forgotten=forgotten,
+            )
         log.info("%s left %s (%s): made to forget it", client.user_id, room_id, action)
 
     async def _forget(self, user_id: str, room_id: str) -> bool:
