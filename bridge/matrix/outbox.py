@@ -204,7 +204,7 @@ class Outbox:
         again, so one whose user still has no device is held again), in their order."""
         rows = [row for user in users for row in self._held.pop(user, [])]
         for row in sorted(rows, key=lambda r: r.seq):
-            self._submit(row)
+            self.queue.submit(row)
         return len(rows)
 
     def release_all(self) -> int:
@@ -217,9 +217,6 @@ class Outbox:
         if user is not None:
             return len(self._held.get(user, []))
         return sum(len(rows) for rows in self._held.values())
-
-    def _submit(self, row: OutboxRow) -> None:
-        self.queue.submit(row)
 
     async def device_for(self, user_id: str) -> str | None:
         if user_id in self._device_cache:
