@@ -10,6 +10,8 @@ from .matrix.outbox import AUTOMATED
 
 log = logging.getLogger("alcove.dispatch")
 
+ECHO_MSGTYPES = frozenset({"m.text", "m.notice", "m.emote"})
+
 
 class EventSink(Protocol):
     async def on_event(self, event: dict[str, Any]) -> None:
@@ -56,6 +58,28 @@ class Dispatcher:
         if etype == "m.room.encrypted" and sender != self.bot_user_id:
             await self.sink.on_encrypted(event)  # Alcove cannot decrypt yet: never silent
 
+    def is_echo(self, event: dict[str, Any]) -> bool:
+        """Alcove's own message coming back, which handling would drop: the bot's text and
+        notices, its automated ones sent as staff, and the bot's encrypted events (the
+        decrypting handler drops those unread). The inbox does not keep them: at a busy time
+        they are half of what the homeserver pushes (every reply to a command comes back).
+        An echo that holds an mxc:// URI is kept, so a text-only session still records every
+        file referenced in its room."""
+        sender = event.get("sender")
+        if not isinstance(sender, str):
+            return False
+        etype = event.get("type")
+        if etype == "m.room.encrypted":
+            return sender == self.bot_user_id
+        if etype != "m.room.message":
+            return False
+        content = event.get("content")
+        if not isinstance(content, dict) or content.get("msgtype") not in ECHO_MSGTYPES:
+            return False
+        if sender != self.bot_user_id and not self._automated(event, sender):
+            return False
+        return not _has_mxc(content)
+
     def _automated(self, event: dict[str, Any], sender: str) -> bool:
         """Alcove's own message sent as a staff member (scheduled, blast, phrase, welcome,
         auto-reply): never a command, never the input a command awaits, not their reply. Alcove
@@ -66,3 +90,14 @@ class Dispatcher:
             and content.get(AUTOMATED) is True
             and not sender.startswith(self.client_prefix)
         )
+
+
+def _has_mxc(value: Any) -> bool:
+    """Whether a content value holds an mxc:// URI anywhere."""
+    if isinstance(value, str):
+        return value.startswith("mxc://")
+    if isinstance(value, dict):
+        return any(_has_mxc(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_mxc(v) for v in value)
+    return False

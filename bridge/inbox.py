@@ -68,8 +68,12 @@ class Inbox:
         clock: Clock,
         metrics: Metrics,
         config: InboxConfig,
+        echo: Callable[[dict[str, Any]], bool] | None = None,
     ) -> None:
+        """``echo``: whether an event is Alcove's own message coming back, which the handler
+        would drop: such events are neither kept nor handled (Dispatcher.is_echo)."""
         self.repo = repo
+        self.echo = echo
         self.handler = handler
         self.clock = clock
         self.metrics = metrics
@@ -107,6 +111,13 @@ class Inbox:
                 txn_id,
                 len(events) - len(valid),
             )
+        if self.echo is not None:
+            kept = [e for e in valid if not self.echo(e)]
+            if len(kept) != len(valid):
+                self.metrics.inbox_events.labels(outcome="echo").inc(len(valid) - len(kept))
+            valid = kept
+        if not valid:
+            return []
         async with self.queue.lock:
             new = await self.repo.add(txn_id, valid, ms(self.clock))
             self.metrics.inbox_events.labels(outcome="received").inc(len(new))

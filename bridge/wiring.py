@@ -254,7 +254,7 @@ def build(
     handler = dispatcher.handle
     if crypto is not None:
         handler = Decrypting(crypto, handler, cfg.encryption.key_wait_minutes * 60).__call__
-    inbox = Inbox(InboxRepo(db), handler, clock, metrics, cfg.inbox)
+    inbox = Inbox(InboxRepo(db), handler, clock, metrics, cfg.inbox, echo=dispatcher.is_echo)
     catchup = CatchUp(
         gateway.recent_events,
         inbox.repo.received_range,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
+import aiosqlite
 from mautrix.util.async_db import Database, UnsupportedDatabaseVersion
 from mautrix.util.async_db import aiosqlite as mautrix_sqlite
 
@@ -45,6 +47,12 @@ class OneTripConnection(mautrix_sqlite.TxnConnection):
         row = await self._execute(self._fetch, _positional(query), args, True)  # type: ignore[no-untyped-call]
         return cast(sqlite3.Row | None, row)
 
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> Any:  # type: ignore[override]
+        return await aiosqlite.Connection.execute(self, _positional(query), args)
+
+    async def executemany(self, query: str, *args: Any, timeout: float | None = None) -> Any:  # type: ignore[override]
+        return await aiosqlite.Connection.executemany(self, _positional(query), *args)
+
     def _fetch(self, sql: str, args: tuple[Any, ...], one: bool) -> Any:
         """In SQLite's thread."""
         cursor = self._conn.execute(sql, args)
@@ -54,7 +62,10 @@ class OneTripConnection(mautrix_sqlite.TxnConnection):
             cursor.close()
 
 
+@functools.lru_cache(maxsize=1024)
 def _positional(query: str) -> str:
+    """``$1`` → ``?1``, once per distinct query (the regular expression cost 5% of the CPU of a
+    command when run on every statement)."""
     return mautrix_sqlite.POSITIONAL_PARAM_PATTERN.sub(r"?\1", query)
 
 

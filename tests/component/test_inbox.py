@@ -10,8 +10,10 @@ from mautrix.util.async_db import Database
 
 from bridge.config import InboxConfig
 from bridge.db.inbox_repo import InboxRepo
+from bridge.dispatch import Dispatcher
 from bridge.inbox import TEMPORARY_RETRY_SECONDS, Inbox
 from bridge.matrix.gateway import TemporaryError
+from bridge.matrix.outbox import AUTOMATED
 from bridge.metrics import Metrics
 from tests.support.builders import message
 from tests.support.fakes import FakeClock
@@ -216,3 +218,51 @@ async def test_homeserver_trouble_gives_up_once_it_has_lasted_too_long(db: Datab
     await inbox.stop()
     assert await repo.status_of(command["event_id"]) == "failed"
     assert command["event_id"] not in rec.seen
+
+
+async def test_alcoves_own_echoes_are_neither_kept_nor_handled(db: Database) -> None:
+    """With the dispatcher's echo test, the bot's text, Alcove's automated messages sent as
+    staff and the bot's encrypted events are dropped at the door; everything else (a file the
+    bot posted, a client's message carrying the automated mark) is kept and handled."""
+    bot = "@alcove:x"
+    dispatcher = Dispatcher(bot, RecordingSink(), client_prefix="@c-")
+    rec = Recorder()
+    metrics = Metrics()
+    inbox = Inbox(InboxRepo(db), rec, FakeClock(), metrics, CONFIG, echo=dispatcher.is_echo)
+    await inbox.start()
+    ping = message("!a:x", "@t:x", "!ping")
+    pong = message("!a:x", bot, "pong")
+    pong["content"]["msgtype"] = "m.notice"
+    blast = message("!b:x", "@t:x", "Hello from your therapist")
+    blast["content"][AUTOMATED] = True
+    sealed = {**message("!a:x", bot, ""), "type": "m.room.encrypted", "content": {}}
+    image = message("!a:x", bot, "a file")
+    image["content"] = {"msgtype": "m.image", "body": "f", "url": "mxc://x/abc"}
+    linked = message("!a:x", bot, "mxc://x/def")  # text naming a file: kept for sessions
+    spoofed = message("!c:x", "@c-jd:x", "hi")
+    spoofed["content"][AUTOMATED] = True  # a client cannot make their message Alcove's own
+    events = [ping, pong, blast, sealed, image, linked, spoofed]
+    assert await inbox.accept("txn1", events) == 4
+    await inbox.join()
+    await inbox.stop()
+    assert rec.seen == [e["event_id"] for e in (ping, image, linked, spoofed)]
+    for echo in (pong, blast, sealed):
+        assert await InboxRepo(db).status_of(echo["event_id"]) is None
+    assert metrics.inbox_events.labels(outcome="echo")._value.get() == 3
+
+
+class RecordingSink:
+    async def on_event(self, event: dict[str, Any]) -> None:
+        pass
+
+    async def on_invite(self, event: dict[str, Any]) -> None:
+        pass
+
+    async def on_member(self, event: dict[str, Any]) -> None:
+        pass
+
+    async def on_message(self, event: dict[str, Any]) -> None:
+        pass
+
+    async def on_encrypted(self, event: dict[str, Any]) -> None:
+        pass

@@ -142,6 +142,23 @@ async def test_kill9_with_events_in_the_inbox_loses_nothing(
         await wait_status(alcove_db, "inbox_event", "event_id", event_id, "done")
 
 
+async def test_alcoves_own_replies_coming_back_are_not_kept(
+    alcove: AlcoveProcess, alcove_db: Database, therapist: MatrixUser
+) -> None:
+    """Synapse pushes the bot's `pong` back to Alcove; the inbox neither keeps nor handles it
+    (half of a busy homeserver's pushes are such echoes), while the `!ping`s are kept."""
+    room = await dm_with_bot(therapist)
+    first = await therapist.send_text(room, "!ping")
+    pong = await therapist.wait_for(body_is(room, BOT, "pong"))
+    second = await therapist.send_text(room, "!ping")  # pushed after the pong: in order
+    await wait_status(alcove_db, "inbox_event", "event_id", second, "done")
+    await wait_status(alcove_db, "inbox_event", "event_id", first, "done")
+    kept = await alcove_db.fetchval(
+        "SELECT COUNT(*) FROM inbox_event WHERE event_id = $1", pong["event_id"]
+    )
+    assert kept == 0
+
+
 async def test_queued_outbox_message_sent_once_after_restart(
     alcove: AlcoveProcess, proxy: FaultProxy, alcove_db: Database, therapist: MatrixUser
 ) -> None:

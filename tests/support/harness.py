@@ -126,7 +126,14 @@ class Harnesses:
             forget_room_keys=forget_room_keys,
         )
         dispatcher = Dispatcher(config.bot_user_id, bot)
-        inbox = Inbox(InboxRepo(self.db), dispatcher.handle, clock, metrics, config.inbox)
+        inbox = Inbox(
+            InboxRepo(self.db),
+            dispatcher.handle,
+            clock,
+            metrics,
+            config.inbox,
+            echo=dispatcher.is_echo,
+        )
         harness = BotHarness(
             self.db,
             config,

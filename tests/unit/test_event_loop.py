@@ -1,0 +1,43 @@
+"""`alcove run` and `alcove dev` run on uvloop unless ALCOVE_EVENT_LOOP=asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bridge.__main__ import run_service
+
+
+def loop_module(monkeypatch: pytest.MonkeyPatch, choice: str | None) -> str:
+    if choice is None:
+        monkeypatch.delenv("ALCOVE_EVENT_LOOP", raising=False)
+    else:
+        monkeypatch.setenv("ALCOVE_EVENT_LOOP", choice)
+    seen: list[str] = []
+
+    async def main() -> None:
+        seen.append(type(asyncio.get_running_loop()).__module__)
+
+    run_service(main())
+    return seen[0]
+
+
+def test_uvloop_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert loop_module(monkeypatch, None).startswith("uvloop")
+
+
+def test_the_standard_loop_on_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert loop_module(monkeypatch, "asyncio").startswith("asyncio")
+
+
+def test_an_unknown_choice_says_what_to_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALCOVE_EVENT_LOOP", "trio")
+
+    async def main() -> None:
+        raise AssertionError("must not run")
+
+    coro = main()
+    with pytest.raises(SystemExit, match="use uvloop or asyncio"):
+        run_service(coro)
+    coro.close()
