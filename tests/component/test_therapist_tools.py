@@ -520,6 +520,21 @@ async def test_the_therapists_own_message_resets_the_throttle(world: World) -> N
     assert len(await replies(world)) == 2
 
 
+async def test_the_reset_holds_across_a_restart(world: World) -> None:
+    """Which rooms have been answered is read from the database by a new service (Alcove
+    restarted after the auto-reply): the therapist's message still resets the window."""
+    await world.away.set_away(THERAPIST, None, None)
+    await world.away.on_message(from_client(), DM_ROOM)
+    restarted = AwayService(
+        world.config, world.away.db, world.away.outbox, world.away.voice, world.away.clock
+    )
+    await restarted.on_message(from_client(), DM_ROOM)
+    assert len(await replies(world)) == 1  # still within the window
+    await restarted.on_message(from_therapist(), DM_ROOM)
+    await restarted.on_message(from_client(), DM_ROOM)
+    assert len(await replies(world)) == 2
+
+
 @pytest.mark.parametrize(
     "content",
     [

@@ -12,6 +12,7 @@ from mautrix.util.async_db import Database
 from bridge.clock import Clock, ms
 from bridge.config import Config
 from bridge.db.database import transaction
+from bridge.db.remembered import Remembered
 from bridge.matrix.outbox import Outbox
 
 from ..conversations.repo import DM, Room
@@ -29,33 +30,53 @@ class AwayService:
         self.outbox = outbox
         self.voice = voice
         self.clock = clock
+        self._manual: Remembered[str, tuple[date | None, str | None] | None] = Remembered(
+            len(config.staff) + 100
+        )
+        self._answered: set[str] | None = None
+        """Rooms with an ``auto_reply`` row (read once; Alcove is its only writer): the
+        therapist's every message would otherwise cost a write to reset a throttle that is
+        almost never set."""
+
+    async def _answered_rooms(self) -> set[str]:
+        if self._answered is None:
+            rows = await self.db.fetch("SELECT room_id FROM auto_reply")
+            self._answered = {str(r["room_id"]) for r in rows}
+        return self._answered
 
     def local_now(self) -> datetime:
         return self.clock.now().astimezone(self.config.practice.timezone)
 
     async def set_away(self, therapist: str, until: date | None, message: str | None) -> None:
-        await self.db.execute(
-            "INSERT INTO away (therapist_id, until_date, message) VALUES ($1, $2, $3)"
-            " ON CONFLICT (therapist_id) DO UPDATE SET until_date = $2, message = $3",
-            therapist,
-            until.isoformat() if until else None,
-            message,
-        )
+        async with self._manual.writing(therapist):
+            await self.db.execute(
+                "INSERT INTO away (therapist_id, until_date, message) VALUES ($1, $2, $3)"
+                " ON CONFLICT (therapist_id) DO UPDATE SET until_date = $2, message = $3",
+                therapist,
+                until.isoformat() if until else None,
+                message,
+            )
 
     async def clear(self, therapist: str) -> bool:
-        got = await self.db.fetchval(
-            "DELETE FROM away WHERE therapist_id = $1 RETURNING therapist_id", therapist
-        )
+        async with self._manual.writing(therapist):
+            got = await self.db.fetchval(
+                "DELETE FROM away WHERE therapist_id = $1 RETURNING therapist_id", therapist
+            )
         return got is not None
 
     async def manual(self, therapist: str) -> tuple[date | None, str | None] | None:
-        row = await self.db.fetchrow(
-            "SELECT until_date, message FROM away WHERE therapist_id = $1", therapist
-        )
-        if row is None:
-            return None
-        until = date.fromisoformat(row["until_date"]) if row["until_date"] else None
-        return until, row["message"]
+        """The therapist's `!away` state (asked at every message from one of their clients)."""
+
+        async def read() -> tuple[date | None, str | None] | None:
+            row = await self.db.fetchrow(
+                "SELECT until_date, message FROM away WHERE therapist_id = $1", therapist
+            )
+            if row is None:
+                return None
+            until = date.fromisoformat(row["until_date"]) if row["until_date"] else None
+            return until, row["message"]
+
+        return await self._manual.get(therapist, read)
 
     async def reply_text(self, therapist: str) -> str | None:
         """What to answer right now, or None when the therapist is available."""
@@ -78,7 +99,10 @@ class AwayService:
         if sender == room.therapist_id:
             if not content.get(AUTOMATED) and not content.get(MARK):
                 # The therapist wrote: the next away message may go out again.
-                await self.db.execute("DELETE FROM auto_reply WHERE room_id = $1", room.room_id)
+                answered = await self._answered_rooms()
+                if room.room_id in answered:
+                    await self.db.execute("DELETE FROM auto_reply WHERE room_id = $1", room.room_id)
+                    answered.discard(room.room_id)
             return
         if sender != room.client_id or content.get("msgtype") == "m.notice" or content.get(MARK):
             return
@@ -108,4 +132,5 @@ class AwayService:
             row, _ = await self.outbox.prepare(
                 f"away:{event['event_id']}", speaker, room.room_id, {**body, MARK: True}
             )
+        (await self._answered_rooms()).add(room.room_id)
         self.outbox.submit(row)

@@ -8,6 +8,7 @@ from typing import Any
 from mautrix.util.async_db import Database
 
 from bridge.db.database import transaction
+from bridge.db.remembered import Remembered
 
 DM, GROUP, CARE, TEAM, MANAGEMENT = "dm", "group", "care", "team", "management"
 
@@ -91,26 +92,38 @@ def _room(r: object) -> Room:
     )
 
 
+REMEMBERED = 20_000
+"""Rooms, clients and clients' unredacted passwords each that the repository keeps what it
+read of (a few hundred bytes each)."""
+
+
 class ConversationRepo:
+    """Alcove's only writer of clients and rooms: it remembers what it read of them
+    (bridge/db/remembered.py)."""
+
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._rooms: Remembered[str, Room | None] = Remembered(REMEMBERED)
+        self._clients: Remembered[str, Client | None] = Remembered(REMEMBERED)
+        self._secrets: Remembered[str, tuple[Secret, ...]] = Remembered(REMEMBERED)
 
     # ------------------------------------------------------------------ clients
 
     async def add_client(self, client: Client, origin_event: str, now_ms: int) -> Client:
         """Insert once per originating command event; a retry gets the first row back."""
-        await self.db.execute(
-            f"INSERT INTO client ({_CLIENT}, origin_event, created_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (origin_event) DO NOTHING",
-            client.user_id,
-            client.therapist_id,
-            client.full_name,
-            client.initials,
-            client.email,
-            client.external_id,
-            origin_event,
-            now_ms,
-        )
+        async with self._clients.writing(client.user_id):
+            await self.db.execute(
+                f"INSERT INTO client ({_CLIENT}, origin_event, created_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (origin_event) DO NOTHING",
+                client.user_id,
+                client.therapist_id,
+                client.full_name,
+                client.initials,
+                client.email,
+                client.external_id,
+                origin_event,
+                now_ms,
+            )
         row = await self.db.fetchrow(
             f"SELECT {_CLIENT} FROM client WHERE origin_event = $1", origin_event
         )
@@ -118,11 +131,17 @@ class ConversationRepo:
         return _client(row)
 
     async def set_email(self, user_id: str, email: str | None) -> None:
-        await self.db.execute("UPDATE client SET email = $1 WHERE user_id = $2", email, user_id)
+        async with self._clients.writing(user_id):
+            await self.db.execute("UPDATE client SET email = $1 WHERE user_id = $2", email, user_id)
 
     async def client(self, user_id: str) -> Client | None:
-        row = await self.db.fetchrow(f"SELECT {_CLIENT} FROM client WHERE user_id = $1", user_id)
-        return _client(row) if row else None
+        async def read() -> Client | None:
+            row = await self.db.fetchrow(
+                f"SELECT {_CLIENT} FROM client WHERE user_id = $1", user_id
+            )
+            return _client(row) if row else None
+
+        return await self._clients.get(user_id, read)
 
     async def clients_of(self, therapist_id: str) -> list[Client]:
         rows = await self.db.fetch(
@@ -144,7 +163,12 @@ class ConversationRepo:
         """Erasure: the client's row (full name, email), their 1:1 rows (titled with the full
         name), group memberships, secrets, scheduled messages to their 1:1 and the API answers
         that name their ID. One transaction; the audit log keeps its ID-only rows."""
-        async with transaction(self.db) as conn:
+        async with (
+            self._rooms.writing(),
+            self._clients.writing(client_id),
+            self._secrets.writing(client_id),
+            transaction(self.db) as conn,
+        ):
             dms = await conn.fetch(
                 "SELECT room_id FROM conv_room WHERE client_id = $1 AND kind = $2", client_id, DM
             )
@@ -161,23 +185,27 @@ class ConversationRepo:
     # ------------------------------------------------------------------ rooms
 
     async def add_room(self, room: Room, now_ms: int, origin_event: str | None = None) -> None:
-        await self.db.execute(
-            f"INSERT INTO conv_room ({_ROOM}, origin_event, created_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (room_id) DO NOTHING",
-            room.room_id,
-            room.kind,
-            room.therapist_id,
-            room.client_id,
-            room.title,
-            origin_event,
-            now_ms,
-        )
+        async with self._rooms.writing(room.room_id):
+            await self.db.execute(
+                f"INSERT INTO conv_room ({_ROOM}, origin_event, created_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (room_id) DO NOTHING",
+                room.room_id,
+                room.kind,
+                room.therapist_id,
+                room.client_id,
+                room.title,
+                origin_event,
+                now_ms,
+            )
 
     async def room(self, room_id: str) -> Room | None:
-        row = await self.db.fetchrow(
-            f"SELECT {_ROOM_READ} FROM conv_room WHERE room_id = $1", room_id
-        )
-        return _room(row) if row else None
+        async def read() -> Room | None:
+            row = await self.db.fetchrow(
+                f"SELECT {_ROOM_READ} FROM conv_room WHERE room_id = $1", room_id
+            )
+            return _room(row) if row else None
+
+        return await self._rooms.get(room_id, read)
 
     async def room_by_origin(self, origin_event: str) -> Room | None:
         row = await self.db.fetchrow(
@@ -216,12 +244,16 @@ class ConversationRepo:
         return [_room(r) for r in rows]
 
     async def set_archived(self, room_id: str, at_ms: int | None) -> None:
-        await self.db.execute(
-            "UPDATE conv_room SET archived_at = $1 WHERE room_id = $2", at_ms, room_id
-        )
+        async with self._rooms.writing(room_id):
+            await self.db.execute(
+                "UPDATE conv_room SET archived_at = $1 WHERE room_id = $2", at_ms, room_id
+            )
 
     async def set_title(self, room_id: str, title: str) -> None:
-        await self.db.execute("UPDATE conv_room SET title = $1 WHERE room_id = $2", title, room_id)
+        async with self._rooms.writing(room_id):
+            await self.db.execute(
+                "UPDATE conv_room SET title = $1 WHERE room_id = $2", title, room_id
+            )
 
     # ------------------------------------------------------------------ group members
 
@@ -282,16 +314,19 @@ class ConversationRepo:
     # ------------------------------------------------------------------ secrets to redact
 
     async def add_secret(self, secret: Secret) -> None:
-        await self.db.execute(
-            "INSERT INTO secret_message (outbox_key, room_id, staff_id, client_id, created_at,"
-            " expires_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (outbox_key) DO NOTHING",
-            secret.outbox_key,
-            secret.room_id,
-            secret.staff_id,
-            secret.client_id,
-            secret.created_at,
-            secret.expires_at,
-        )
+        keys = (secret.client_id,) if secret.client_id is not None else ()
+        async with self._secrets.writing(*keys):
+            await self.db.execute(
+                "INSERT INTO secret_message (outbox_key, room_id, staff_id, client_id,"
+                " created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)"
+                " ON CONFLICT (outbox_key) DO NOTHING",
+                secret.outbox_key,
+                secret.room_id,
+                secret.staff_id,
+                secret.client_id,
+                secret.created_at,
+                secret.expires_at,
+            )
 
     async def secret(self, outbox_key: str) -> Secret | None:
         row = await self.db.fetchrow(
@@ -303,11 +338,17 @@ class ConversationRepo:
         """Every secret not redacted yet, or those about one client."""
         if client_id is None:
             rows = await self.db.fetch(f"SELECT {_REDACTABLE} FROM secret_message")
-        else:
+            return [_secret(r) for r in rows]
+
+        async def read() -> tuple[Secret, ...]:
             rows = await self.db.fetch(
                 f"SELECT {_REDACTABLE} FROM secret_message WHERE client_id = $1", client_id
             )
-        return [_secret(r) for r in rows]
+            return tuple(_secret(r) for r in rows)
+
+        # Asked at every message from a client (is their first password still readable?).
+        return list(await self._secrets.get(client_id, read))
 
     async def delete_secret(self, outbox_key: str) -> None:
-        await self.db.execute("DELETE FROM secret_message WHERE outbox_key = $1", outbox_key)
+        async with self._secrets.writing():
+            await self.db.execute("DELETE FROM secret_message WHERE outbox_key = $1", outbox_key)
