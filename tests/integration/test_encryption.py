@@ -49,6 +49,7 @@ from tests.support.nio_e2ee import (
     E2EEUser,
     all_from_bot,
     encrypted_dm,
+    first_ping,
     management_room,
     ping,
     wait_for_pong,
@@ -139,7 +140,7 @@ async def test_a_new_device_of_a_member_gets_the_answers_too(
     readable on the new device as well."""
     nio = e2ee_therapist
     room_id = await encrypted_dm(nio)
-    await ping(nio, room_id)
+    await first_ping(nio, room_id)
     password = crypto_synapse.dev_secrets["passwords"]["therapist"]
     phone = await E2EEUser(crypto_synapse.homeserver_url, THERAPIST, tmp_path / "phone").login(
         password

@@ -100,7 +100,7 @@ async def encrypted_dm(nio: E2EEUser, encrypted: bool = True) -> str:
     return room_id
 
 
-async def ping(nio: E2EEUser, room_id: str, encrypted: bool = True) -> float:
+async def ping(nio: E2EEUser, room_id: str, encrypted: bool = True, timeout: float = 30) -> float:
     """Send !ping; return the seconds until the bot's pong arrived (encrypted and decrypted by
     nio in an encrypted room)."""
     started = time.perf_counter()
@@ -108,13 +108,30 @@ async def ping(nio: E2EEUser, room_id: str, encrypted: bool = True) -> float:
         room_id, "m.room.message", {"msgtype": "m.text", "body": "!ping"}
     )
     assert isinstance(sent, RoomSendResponse), sent
-    await wait_for_pong(nio, room_id, encrypted)
+    await wait_for_pong(nio, room_id, encrypted, timeout)
     return time.perf_counter() - started
 
 
-async def wait_for_pong(nio: E2EEUser, room_id: str, encrypted: bool = True) -> None:
+async def first_ping(nio: E2EEUser, room_id: str) -> None:
+    """Set-up for a test about what follows: a first `!ping` answered in a new encrypted room.
+    Now and then (2 of 40 runs of test_a_new_device_of_a_member_gets_the_answers_too, and 1 of
+    20 on the code before the change that first showed it in CI) the room key nio sends to the
+    bot's device never reaches Alcove: no transaction carries it, so the bot waits for a key
+    that is not coming (nio does not answer the bot's key request, as Element does). The cause
+    is not found yet; until it is, a set-up ping gets one more try with a new Megolm session,
+    which nio shares with the bot's device again."""
+    try:
+        await ping(nio, room_id, timeout=15)
+    except AssertionError:
+        nio.client.invalidate_outbound_session(room_id)
+        await ping(nio, room_id)
+
+
+async def wait_for_pong(
+    nio: E2EEUser, room_id: str, encrypted: bool = True, timeout: float = 30
+) -> None:
     """Until this device sees the bot's next pong (decrypted, in an encrypted room)."""
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout
     undecrypted: list[MegolmEvent] = []
     while time.monotonic() < deadline:
         response = await nio.sync(timeout_ms=2000)
@@ -130,7 +147,7 @@ async def wait_for_pong(nio: E2EEUser, room_id: str, encrypted: bool = True) -> 
                     assert event.verified, "sent by the bot's device, which the therapist trusts"
                 assert not undecrypted, undecrypted
                 return
-    raise AssertionError(f"no decrypted pong within 30 s (undecryptable: {undecrypted})")
+    raise AssertionError(f"no decrypted pong within {timeout:.0f} s (undecryptable: {undecrypted})")
 
 
 async def management_room(nio: E2EEUser, timeout: float = 30) -> str:
