@@ -114,12 +114,17 @@ async def ping(nio: E2EEUser, room_id: str, encrypted: bool = True, timeout: flo
 
 async def first_ping(nio: E2EEUser, room_id: str) -> None:
     """Set-up for a test about what follows: a first `!ping` answered in a new encrypted room.
-    Now and then (2 of 40 runs of test_a_new_device_of_a_member_gets_the_answers_too, and 1 of
-    20 on the code before the change that first showed it in CI) the room key nio sends to the
-    bot's device never reaches Alcove: no transaction carries it, so the bot waits for a key
-    that is not coming (nio does not answer the bot's key request, as Element does). The cause
-    is not found yet; until it is, a set-up ping gets one more try with a new Megolm session,
-    which nio shares with the bot's device again."""
+    Now and then (2 of 40 runs of test_a_new_device_of_a_member_gets_the_answers_too, 1 of 20
+    before) the room key nio sends to the bot's device never reaches Alcove. Read off
+    Synapse's DEBUG log and code (handlers/appservice.py, _notify_interested_services_
+    ephemeral): the bot, just joined, shares its own session with the therapist's device at
+    the same instant; Synapse handles the two to-device notifications in either order and
+    moves the appservice's to-device position to each one's token even when none of its
+    recipients are the appservice's, so the later-numbered message to the therapist, handled
+    first, carries the position past the key for the bot, which is never sent. nio does not
+    answer the bot's key request (Element does). Until Alcove reads its device's to-device
+    inbox itself, a set-up ping gets one more try with a new Megolm session, which nio shares
+    with the bot's device again."""
     try:
         await ping(nio, room_id, timeout=15)
     except AssertionError:
