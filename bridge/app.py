@@ -77,16 +77,12 @@ class Alcove:
         )
         # The web server comes up first: Synapse's ping during start-up calls us back, and
         # transactions that arrive meanwhile are persisted (processing starts once ready).
-        self.runner = web.AppRunner(self.web, handle_signals=False, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, cfg.appservice.hostname, cfg.appservice.port)
-        try:
-            await site.start()
-        except OSError as e:
-            raise StartupError(
-                f"Cannot listen on {cfg.appservice.hostname}:{cfg.appservice.port} ({e}): is "
-                "another Alcove running, or is appservice.port taken?"
-            ) from None
+        self.runner = await _listen(
+            self.web,
+            cfg.appservice.hostname,
+            cfg.appservice.port,
+            "is another Alcove running, or is appservice.port taken?",
+        )
         log.info("Listening on %s:%d", cfg.appservice.hostname, cfg.appservice.port)
         self.web[READY]["reason"] = "checking the homeserver"
         await run_startup(self.gateway, cfg, self.clock)
@@ -116,18 +112,9 @@ class Alcove:
         cfg, bot = self.config, self.bot
         assert self.db is not None
         handlers = ApiHandlers(cfg, self.db, bot.conversations, bot.sessions, bot.audit, self.clock)
-        self.api_runner = web.AppRunner(
-            Api(cfg, handlers).app(), handle_signals=False, access_log=None
+        self.api_runner = await _listen(
+            Api(cfg, handlers).app(), cfg.api.host, cfg.api.port, "is api.port taken?", "the API"
         )
-        await self.api_runner.setup()
-        site = web.TCPSite(self.api_runner, cfg.api.host, cfg.api.port)
-        try:
-            await site.start()
-        except OSError as e:
-            raise StartupError(
-                f"Cannot listen on {cfg.api.host}:{cfg.api.port} for the API ({e}): is api.port "
-                "taken?"
-            ) from None
         log.info(
             "API listening on http://%s:%d/_alcove/v1/ (%d tokens, %d calendar feeds)",
             cfg.api.host,
@@ -229,3 +216,18 @@ async def run_until_signalled(config: Config) -> None:
                 await starting
     finally:
         await alcove.stop()
+
+
+async def _listen(
+    app: web.Application, host: str, port: int, hint: str, what: str = ""
+) -> web.AppRunner:
+    """Serve ``app`` on host:port; a port that cannot be had is a StartupError saying so."""
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as e:
+        await runner.cleanup()
+        purpose = f" for {what}" if what else ""
+        raise StartupError(f"Cannot listen on {host}:{port}{purpose} ({e}): {hint}") from None
+    return runner
