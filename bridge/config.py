@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import string
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, time
 from pathlib import Path
@@ -702,6 +702,19 @@ def _list(data: Any, path: str) -> list[Any]:
     return data
 
 
+def _choices(
+    s: _Section, key: str, what: str, allowed: Collection[str], default: Any = ...
+) -> frozenset[str]:
+    """A non-empty list whose every item is one of ``allowed``."""
+    items = s.raw(key, default)
+    if not isinstance(items, list) or not items:
+        raise ConfigError(s.key(key), f"must be a list of: {', '.join(allowed)}")
+    for item in items:
+        if item not in allowed:
+            raise ConfigError(s.key(key), f"unknown {what} {item!r}; use {', '.join(allowed)}")
+    return frozenset(items)
+
+
 def _api(s: _Section, staff: tuple[StaffMember, ...], appservice: AppserviceConfig) -> ApiConfig:
     d = ApiConfig()
     tokens: list[ApiToken] = []
@@ -711,20 +724,13 @@ def _api(s: _Section, staff: tuple[StaffMember, ...], appservice: AppserviceConf
         if not _TOKEN_NAME.match(name):
             raise ConfigError(t.key("name"), "may only use a-z, 0-9, - and _ (max 64)")
         secret = _secret(t, "token")
-        scopes = t.raw("scopes")
-        if not isinstance(scopes, list) or not scopes:
-            raise ConfigError(t.key("scopes"), f"must be a list of: {', '.join(API_SCOPES)}")
-        for scope in scopes:
-            if scope not in API_SCOPES:
-                raise ConfigError(
-                    t.key("scopes"), f"unknown scope {scope!r}; use {', '.join(API_SCOPES)}"
-                )
+        scopes = _choices(t, "scopes", "scope", API_SCOPES)
         if any(o.name == name for o in tokens):
             raise ConfigError(t.key("name"), f"{name!r} is used by another token")
         if any(o.token == secret for o in tokens):
             raise ConfigError(t.key("token"), "is the same as another token's: one per integration")
         t.warn_unknown()
-        tokens.append(ApiToken(name, secret, frozenset(scopes)))
+        tokens.append(ApiToken(name, secret, scopes))
     therapists = {m.user_id for m in staff if m.role == "therapist"}
     calendars: list[CalendarFeed] = []
     for i, item in enumerate(_list(s.raw("calendars", None), s.key("calendars"))):
@@ -747,16 +753,9 @@ def _api(s: _Section, staff: tuple[StaffMember, ...], appservice: AppserviceConf
         if urlparse(url).scheme not in ("http", "https") or not urlparse(url).netloc:
             raise ConfigError(w.key("url"), f"must be an http(s):// URL, got {url!r}")
         secret = _secret(w, "secret")
-        events = w.raw("events", sorted(WEBHOOK_EVENTS))
-        if not isinstance(events, list) or not events:
-            raise ConfigError(w.key("events"), f"must be a list of: {', '.join(WEBHOOK_EVENTS)}")
-        for event in events:
-            if event not in WEBHOOK_EVENTS:
-                raise ConfigError(
-                    w.key("events"), f"unknown event {event!r}; use {', '.join(WEBHOOK_EVENTS)}"
-                )
+        events = _choices(w, "events", "event", WEBHOOK_EVENTS, default=sorted(WEBHOOK_EVENTS))
         w.warn_unknown()
-        webhooks.append(Webhook(name, url, secret, frozenset(events)))
+        webhooks.append(Webhook(name, url, secret, events))
     api = ApiConfig(
         enabled=s.flag("enabled", d.enabled),
         host=s.text("host", d.host),
