@@ -4,6 +4,7 @@ time in order; this module only decides *what kind* of event it is and who shoul
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 from .matrix.outbox import AUTOMATED
@@ -78,7 +79,7 @@ class Dispatcher:
             return False
         if sender != self.bot_user_id and not self._automated(event, sender):
             return False
-        return not _has_mxc(content)
+        return next(mxc_uris(content), None) is None
 
     def _automated(self, event: dict[str, Any], sender: str) -> bool:
         """Alcove's own message sent as a staff member (scheduled, blast, phrase, welcome,
@@ -92,12 +93,14 @@ class Dispatcher:
         )
 
 
-def _has_mxc(value: Any) -> bool:
-    """Whether a content value holds an mxc:// URI anywhere."""
+def mxc_uris(value: Any) -> Iterator[str]:
+    """Every mxc:// URI a content value holds, at any depth (files, images, thumbnails)."""
     if isinstance(value, str):
-        return value.startswith("mxc://")
-    if isinstance(value, dict):
-        return any(_has_mxc(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_mxc(v) for v in value)
-    return False
+        if value.startswith("mxc://"):
+            yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from mxc_uris(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from mxc_uris(item)

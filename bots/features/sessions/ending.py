@@ -28,6 +28,7 @@ from bridge.clock import Clock, ms
 from bridge.config import Config
 from bridge.db.audit_repo import AuditLog
 from bridge.delayed import backoff
+from bridge.dispatch import mxc_uris
 from bridge.matrix.gateway import MatrixGateway, MatrixSendError, PermanentError
 from bridge.matrix.outbox import DEVICE_ID, Outbox
 from bridge.metrics import Metrics
@@ -407,18 +408,7 @@ class SessionEnding:
 
 def media_in(events: list[dict[str, Any]], domain: str) -> set[str]:
     """Every local mxc:// URI referenced by the events (files, images, thumbnails, avatars)."""
-    found: set[str] = set()
-
-    def walk(value: Any) -> None:
-        if isinstance(value, dict):
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-        elif isinstance(value, str) and value.startswith(f"mxc://{domain}/"):
-            found.add(value)
-
-    for event in events:
-        walk(event.get("content"))
-    return found
+    local = f"mxc://{domain}/"
+    return {
+        uri for event in events for uri in mxc_uris(event.get("content")) if uri.startswith(local)
+    }
