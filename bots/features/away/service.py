@@ -15,7 +15,7 @@ from bridge.db.database import transaction
 from bridge.db.remembered import Remembered
 from bridge.matrix.outbox import Outbox
 
-from ..conversations.repo import DM, Room
+from ..conversations.repo import DM, REMEMBERED, Room
 from ..voice import AUTOMATED, TherapistVoice
 
 MARK = "org.alcove.auto_reply"
@@ -33,16 +33,16 @@ class AwayService:
         self._manual: Remembered[str, tuple[date | None, str | None] | None] = Remembered(
             len(config.staff) + 100
         )
-        self._answered: set[str] | None = None
-        """Rooms with an ``auto_reply`` row (read once; Alcove is its only writer): the
-        therapist's every message would otherwise cost a write to reset a throttle that is
-        almost never set."""
+        self._answered: Remembered[str, bool] = Remembered(REMEMBERED)
+        """Whether a room has an ``auto_reply`` row: the therapist's every message would
+        otherwise cost a write to reset a throttle that is almost never set."""
 
-    async def _answered_rooms(self) -> set[str]:
-        if self._answered is None:
-            rows = await self.db.fetch("SELECT room_id FROM auto_reply")
-            self._answered = {str(r["room_id"]) for r in rows}
-        return self._answered
+    async def _was_answered(self, room_id: str) -> bool:
+        async def read() -> bool:
+            found = await self.db.fetchval("SELECT 1 FROM auto_reply WHERE room_id = $1", room_id)
+            return found is not None
+
+        return await self._answered.get(room_id, read)
 
     def local_now(self) -> datetime:
         return self.clock.now().astimezone(self.config.practice.timezone)
@@ -99,10 +99,11 @@ class AwayService:
         if sender == room.therapist_id:
             if not content.get(AUTOMATED) and not content.get(MARK):
                 # The therapist wrote: the next away message may go out again.
-                answered = await self._answered_rooms()
-                if room.room_id in answered:
-                    await self.db.execute("DELETE FROM auto_reply WHERE room_id = $1", room.room_id)
-                    answered.discard(room.room_id)
+                if await self._was_answered(room.room_id):
+                    async with self._answered.writing(room.room_id):
+                        await self.db.execute(
+                            "DELETE FROM auto_reply WHERE room_id = $1", room.room_id
+                        )
             return
         if sender != room.client_id or content.get("msgtype") == "m.notice" or content.get(MARK):
             return
@@ -118,7 +119,7 @@ class AwayService:
         )
         now = ms(self.clock)
         window = int(self.config.away.throttle_hours * 3600 * 1000)
-        async with transaction(self.db):
+        async with self._answered.writing(room.room_id), transaction(self.db):
             claimed = await self.db.fetchval(
                 "INSERT INTO auto_reply (room_id, sent_at) VALUES ($1, $2)"
                 " ON CONFLICT (room_id) DO UPDATE SET sent_at = $2"
@@ -132,5 +133,4 @@ class AwayService:
             row, _ = await self.outbox.prepare(
                 f"away:{event['event_id']}", speaker, room.room_id, {**body, MARK: True}
             )
-        (await self._answered_rooms()).add(room.room_id)
         self.outbox.submit(row)
